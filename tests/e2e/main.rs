@@ -1,0 +1,7 @@
+//! End-to-end tests against a real kube-apiserver, etcd and kube-controller-manager.
+//! One test binary (faster to link than one per file); each module is one area.
+
+mod fixtures;
+mod harness;
+
+mod control_plane;
