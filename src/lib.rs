@@ -1,5 +1,7 @@
 //! secmetrics: application security metrics (CSA AICM/CCM AIS-03) as Kubernetes resources.
 //!
 //! - [`api`]: the custom resources.
+//! - [`engine`]: the pure evaluation engine (no Kubernetes client).
 
 pub mod api;
+pub mod engine;

@@ -1,0 +1,342 @@
+//! CEL expressions: compiled once per spec generation, checked for undeclared references and
+//! cost before they ever run, evaluated against objects converted once per object version.
+
+use std::sync::{Arc, LazyLock};
+
+use cel::common::ast::{Expr, IdedExpr};
+use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, Env, ExecutionError, Program, Value};
+
+/// Variables every expression may use.
+pub const VARIABLES: [&str; 4] = ["object", "namespace", "tenant", "now"];
+
+/// Most AST nodes an expression may have (bounds evaluation cost).
+const MAX_NODES: usize = 1000;
+/// Deepest nesting of comprehensions (`all`, `exists`, `map`, `filter`, ...). Each level
+/// multiplies evaluation cost by the size of a list in an object, so two levels is the most
+/// that stays bounded by object size.
+const MAX_COMPREHENSION_DEPTH: usize = 2;
+
+/// A CEL expression that compiled and passed the static checks.
+pub struct Expression {
+    field: &'static str,
+    source: String,
+    program: Program,
+}
+
+impl std::fmt::Debug for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expression({}: {:?})", self.field, self.source)
+    }
+}
+
+/// Why an expression was rejected, with its position (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}{}", position.map(|(l, c)| format!(" at {l}:{c}")).unwrap_or_default())]
+pub struct CompileError {
+    /// The spec field holding the expression, e.g. `where`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// Line and column, when known.
+    pub position: Option<(usize, usize)>,
+}
+
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+
+impl Expression {
+    /// Compiles `source`, found in spec field `field`, and checks that it only refers to the
+    /// declared variables and stays within the cost limits.
+    pub fn compile(field: &'static str, source: &str) -> Result<Self, CompileError> {
+        let program = ENV.compile(source).map_err(|errs| {
+            let first = errs.errors.first();
+            CompileError {
+                field,
+                message: first.map(|e| e.msg.clone()).unwrap_or_else(|| "syntax error".into()),
+                position: first.map(|e| (e.pos.0.max(1) as usize, e.pos.1.max(0) as usize + 1)),
+            }
+        })?;
+        let mut check = Checker { field, source, scopes: Vec::new(), nodes: 0, error: None };
+        check.walk(program.expression(), program.source_info(), 0);
+        if let Some(e) = check.error {
+            return Err(e);
+        }
+        Ok(Expression { field, source: source.to_string(), program })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The spec field this expression came from.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Evaluates against `vars`.
+    pub fn eval(&self, root: &Context<'_, '_>, vars: &Variables<'_>) -> Result<Value, ExecutionError> {
+        let mut ctx = root.new_inner_scope();
+        ctx.set_variable_resolver(vars);
+        self.program.execute(&ctx)
+    }
+
+    /// Evaluates to a bool; any other type is an error naming the type.
+    pub fn eval_bool(&self, root: &Context<'_, '_>, vars: &Variables<'_>) -> Result<bool, String> {
+        match self.eval(root, vars) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!("{} must be a bool, got {}", self.field, type_name(&other))),
+            Err(e) => Err(format!("{}: {e}", self.field)),
+        }
+    }
+
+    /// Evaluates to a number (int, uint or double).
+    pub fn eval_number(&self, root: &Context<'_, '_>, vars: &Variables<'_>) -> Result<f64, String> {
+        match self.eval(root, vars) {
+            Ok(Value::Int(i)) => Ok(i as f64),
+            Ok(Value::UInt(u)) => Ok(u as f64),
+            Ok(Value::Float(f)) if f.is_finite() => Ok(f),
+            Ok(Value::Float(f)) => Err(format!("{} is not a finite number: {f}", self.field)),
+            Ok(other) => Err(format!("{} must be a number, got {}", self.field, type_name(&other))),
+            Err(e) => Err(format!("{}: {e}", self.field)),
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Bool(_) => "bool",
+        Value::Int(_) => "int",
+        Value::UInt(_) => "uint",
+        Value::Float(_) => "double",
+        Value::String(_) => "string",
+        Value::Bytes(_) => "bytes",
+        Value::List(_) => "list",
+        Value::Map(_) => "map",
+        Value::Null => "null",
+        _ => "another type",
+    }
+}
+
+/// The root context all evaluations share: the standard library plus `lookup`.
+pub fn root_context() -> Context<'static, 'static> {
+    let mut ctx = Context::with_env(ENV.clone());
+    ctx.add_function("lookup", super::lookup::lookup_function()).expect("lookup is not a builtin");
+    ctx
+}
+
+/// Walks the AST for undeclared identifiers and comprehension nesting.
+struct Checker<'a> {
+    field: &'static str,
+    source: &'a str,
+    scopes: Vec<Vec<String>>,
+    nodes: usize,
+    error: Option<CompileError>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, info: &cel::common::ast::SourceInfo, id: u64, message: String) {
+        if self.error.is_none() {
+            let position = info.offset_for(id).map(|(start, _)| line_col(self.source, start as usize));
+            self.error = Some(CompileError { field: self.field, message, position });
+        }
+    }
+
+    fn walk(&mut self, e: &IdedExpr, info: &cel::common::ast::SourceInfo, depth: usize) {
+        if self.error.is_some() {
+            return;
+        }
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            self.fail(info, e.id, format!("expression is too large (more than {MAX_NODES} nodes)"));
+            return;
+        }
+        match &e.expr {
+            Expr::Ident(name) => {
+                let bound = self.scopes.iter().any(|s| s.iter().any(|v| v == name));
+                if !bound && !VARIABLES.contains(&name.as_str()) && !is_type_name(name) {
+                    self.fail(
+                        info,
+                        e.id,
+                        format!("undeclared reference to '{name}' (variables: {})", VARIABLES.join(", ")),
+                    );
+                }
+            }
+            Expr::Select(s) => self.walk(&s.operand, info, depth),
+            Expr::Call(c) => {
+                if let Some(t) = &c.target {
+                    self.walk(t, info, depth);
+                }
+                for a in &c.args {
+                    self.walk(a, info, depth);
+                }
+            }
+            Expr::List(l) => {
+                for el in &l.elements {
+                    self.walk(el, info, depth);
+                }
+            }
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                        self.walk(&me.key, info, depth);
+                        self.walk(&me.value, info, depth);
+                    }
+                }
+            }
+            Expr::Comprehension(c) => {
+                if depth + 1 > MAX_COMPREHENSION_DEPTH {
+                    self.fail(
+                        info,
+                        e.id,
+                        format!(
+                            "comprehensions nested deeper than {MAX_COMPREHENSION_DEPTH} levels are not allowed (evaluation cost)"
+                        ),
+                    );
+                    return;
+                }
+                self.walk(&c.iter_range, info, depth);
+                let mut vars = vec![c.iter_var.clone(), c.accu_var.clone()];
+                vars.extend(c.iter_var2.clone());
+                self.scopes.push(vars);
+                self.walk(&c.accu_init, info, depth + 1);
+                self.walk(&c.loop_cond, info, depth + 1);
+                self.walk(&c.loop_step, info, depth + 1);
+                self.walk(&c.result, info, depth + 1);
+                self.scopes.pop();
+            }
+            Expr::Literal(_) | Expr::Struct(_) | Expr::Unspecified => {}
+        }
+    }
+}
+
+fn is_type_name(name: &str) -> bool {
+    matches!(
+        name,
+        "int" | "uint" | "double" | "bool" | "string" | "bytes" | "list" | "map" | "null_type" | "type"
+    )
+}
+
+fn line_col(source: &str, char_offset: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut col = 1;
+    for ch in source.chars().take(char_offset) {
+        if ch == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    (line, col)
+}
+
+/// The variables of one evaluation, borrowed from the cache: binding them copies nothing.
+pub struct Variables<'a> {
+    pub object: &'a dyn Val,
+    pub namespace: &'a dyn Val,
+    pub tenant: &'a dyn Val,
+    pub now: &'a dyn Val,
+}
+
+impl VariableResolver for Variables<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        match variable {
+            "object" => Some(CowVal::Borrowed(self.object)),
+            "namespace" => Some(CowVal::Borrowed(self.namespace)),
+            "tenant" => Some(CowVal::Borrowed(self.tenant)),
+            "now" => Some(CowVal::Borrowed(self.now)),
+            _ => None,
+        }
+    }
+}
+
+/// Converts JSON into CEL's value tree. Done once per object version, never per evaluation.
+pub fn to_val(json: &serde_json::Value) -> Box<dyn Val> {
+    match json {
+        serde_json::Value::Null => Box::new(CelNull),
+        serde_json::Value::Bool(b) => Box::new(CelBool::from(*b)),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Box::new(CelInt::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Box::new(CelUInt::from(u))
+            } else {
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
+            }
+        }
+        serde_json::Value::String(s) => Box::new(CelString::from(s.clone())),
+        serde_json::Value::Array(a) => Box::new(CelList::from(a.iter().map(to_val).collect::<Vec<_>>())),
+        serde_json::Value::Object(m) => Box::new(CelMap::from(
+            m.iter()
+                .map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v)))
+                .collect::<std::collections::HashMap<_, _>>(),
+        )),
+    }
+}
+
+/// A CEL string value.
+pub fn string_val(s: &str) -> Box<dyn Val> {
+    Box::new(CelString::from(s.to_string()))
+}
+
+/// A CEL timestamp value.
+pub fn timestamp_val(t: chrono::DateTime<chrono::Utc>) -> Box<dyn Val> {
+    Box::new(cel::common::types::CelTimestamp::from(t.fixed_offset()))
+}
+
+/// CEL null.
+pub fn null_val() -> Box<dyn Val> {
+    Box::new(CelNull)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eval(src: &str, object: serde_json::Value) -> Result<Value, ExecutionError> {
+        let e = Expression::compile("passes", src).unwrap();
+        let (o, n, t, now) = (to_val(&object), null_val(), string_val("t1"), timestamp_val(chrono::Utc::now()));
+        let vars = Variables { object: o.as_ref(), namespace: n.as_ref(), tenant: t.as_ref(), now: now.as_ref() };
+        e.eval(&root_context(), &vars)
+    }
+
+    #[test]
+    fn evaluates_fields_has_and_comprehensions() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:latest"}]}});
+        assert_eq!(eval("object.spec.containers.all(c, !c.image.endsWith(':latest'))", pod.clone()), Ok(false.into()));
+        assert_eq!(eval("has(object.spec.securityContext)", pod.clone()), Ok(false.into()));
+        assert_eq!(eval("size(object.spec.containers) == 2 && tenant == 't1'", pod.clone()), Ok(true.into()));
+        assert!(eval("object.spec.securityContext.runAsNonRoot", pod).is_err(), "missing field is an error");
+    }
+
+    #[test]
+    fn undeclared_reference_is_located() {
+        let err = Expression::compile("where", "objetc.spec").unwrap_err();
+        assert_eq!(err.to_string(), "where: undeclared reference to 'objetc' (variables: object, namespace, tenant, now) at 1:1");
+        let err = Expression::compile("passes", "object.a &&\n  foo == 1").unwrap_err();
+        assert_eq!(err.position, Some((2, 3)));
+        // Comprehension variables are declared within their comprehension only.
+        assert!(Expression::compile("passes", "object.items.all(x, x > 1)").is_ok());
+        assert!(Expression::compile("passes", "object.items.all(x, x > 1) && x > 1").is_err());
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let err = Expression::compile("passes", "object.spec ==").unwrap_err();
+        assert_eq!(err.field, "passes");
+        assert!(err.position.is_some(), "{err}");
+    }
+
+    #[test]
+    fn cost_limits_reject_pathological_expressions() {
+        let nested = "object.a.all(x, object.a.all(y, object.a.all(z, x == y && y == z)))";
+        let err = Expression::compile("passes", nested).unwrap_err();
+        assert!(err.message.contains("nested deeper than 2"), "{err}");
+        let huge = vec!["object.a == 1"; 600].join(" || ");
+        assert!(Expression::compile("passes", &huge).is_err());
+    }
+}

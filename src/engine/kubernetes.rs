@@ -1,0 +1,245 @@
+//! The Kubernetes source: select objects of one kind, evaluate `where`/`passes`/`value` on each,
+//! and aggregate. Per-object results are kept so that a change to one object re-evaluates
+//! only that object.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cel::Context;
+use cel::common::value::Val;
+
+use super::expression::{CompileError, Expression, Variables, null_val, root_context, string_val, timestamp_val};
+use super::lookup::{LookupScope, with_scope};
+use super::objects::{CachedObject, Kind, NamespaceInfo, ObjectIndex, ObjectKey};
+use super::selector::Selector;
+use crate::api::security_metric::{Aggregate, DEFAULT_TENANT_LABEL, KubernetesSource};
+
+/// A Kubernetes source, compiled once per spec generation.
+#[derive(Debug)]
+pub struct CompiledKubernetes {
+    pub kind: Kind,
+    namespace_selector: Option<Selector>,
+    selector: Option<Selector>,
+    where_: Option<Expression>,
+    passes: Option<Expression>,
+    value: Option<Expression>,
+    pub aggregate: Aggregate,
+    tenant_label: String,
+}
+
+/// The result of one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectResult {
+    /// The object's tenant (its namespace's tenant; None when cluster-scoped).
+    pub tenant: Option<String>,
+    /// Whether `where` held (or there is none).
+    pub in_population: bool,
+    /// Whether `passes` held. False when it errored: an error is never a pass.
+    pub passes: bool,
+    /// `value`, when it evaluated to a number.
+    pub value: Option<f64>,
+    /// The first error on this object.
+    pub error: Option<String>,
+}
+
+/// Where the evaluation may look: everything (platform namespaces) or one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    Cluster,
+    Namespace(String),
+}
+
+impl Visibility {
+    /// The namespace an unprivileged metric is confined to.
+    pub fn confined_to(&self) -> Option<&str> {
+        match self {
+            Visibility::Cluster => None,
+            Visibility::Namespace(ns) => Some(ns),
+        }
+    }
+}
+
+/// Everything one evaluation pass needs besides the objects.
+pub struct Pass {
+    root: Context<'static, 'static>,
+    now: Box<dyn Val>,
+    null: Box<dyn Val>,
+}
+
+impl Pass {
+    /// A pass at time `now`.
+    pub fn new(now: chrono::DateTime<chrono::Utc>) -> Self {
+        Pass { root: root_context(), now: timestamp_val(now), null: null_val() }
+    }
+}
+
+impl CompiledKubernetes {
+    /// Compiles a Kubernetes source; `tenant_label` is the metric's tenancy label, if any.
+    pub fn compile(src: &KubernetesSource, tenant_label: Option<&str>) -> Result<Self, CompileError> {
+        let expr = |field, e: &Option<String>| e.as_deref().map(|s| Expression::compile(field, s)).transpose();
+        let sel = |field, s: &Option<_>| {
+            s.as_ref()
+                .map(|s| Selector::new(field, s))
+                .transpose()
+                .map_err(|e| CompileError { field, message: e.to_string(), position: None })
+        };
+        let aggregate = src.aggregate;
+        let needs_passes = matches!(
+            aggregate,
+            Aggregate::Ratio | Aggregate::CountPassing | Aggregate::CountFailing | Aggregate::NamespaceCoverage
+        );
+        let needs_value = matches!(aggregate, Aggregate::Sum | Aggregate::Min | Aggregate::Max | Aggregate::Average);
+        if needs_passes && src.passes.is_none() {
+            return Err(CompileError {
+                field: "passes",
+                message: format!("aggregate {aggregate:?} needs passes"),
+                position: None,
+            });
+        }
+        if needs_value && src.value.is_none() {
+            return Err(CompileError {
+                field: "value",
+                message: format!("aggregate {aggregate:?} needs value"),
+                position: None,
+            });
+        }
+        Ok(CompiledKubernetes {
+            kind: Kind::new(&src.resource.api_version, &src.resource.kind),
+            namespace_selector: sel("namespaceSelector", &src.namespace_selector)?,
+            selector: sel("selector", &src.selector)?,
+            where_: expr("where", &src.where_)?,
+            passes: expr("passes", &src.passes)?,
+            value: expr("value", &src.value)?,
+            aggregate,
+            tenant_label: tenant_label.unwrap_or(DEFAULT_TENANT_LABEL).to_string(),
+        })
+    }
+
+    /// Whether namespace `ns` is in scope for this metric.
+    pub fn namespace_selected(&self, ns: &NamespaceInfo, visibility: &Visibility) -> bool {
+        if visibility.confined_to().is_some_and(|c| c != ns.name) {
+            return false;
+        }
+        self.namespace_selector.as_ref().is_none_or(|s| s.matches(&ns.labels))
+    }
+
+    /// Evaluates one object, or None when it is not selected at all.
+    pub fn evaluate_object(
+        &self,
+        pass: &Pass,
+        index: &ObjectIndex,
+        obj: &CachedObject,
+        visibility: &Visibility,
+    ) -> Option<ObjectResult> {
+        let ns = if obj.key.namespace.is_empty() {
+            // Cluster-scoped objects are invisible to a confined metric.
+            if visibility.confined_to().is_some() {
+                return None;
+            }
+            None
+        } else {
+            let ns = index.namespace(&obj.key.namespace);
+            match (ns, visibility.confined_to()) {
+                (_, Some(c)) if c != obj.key.namespace => return None,
+                (Some(ns), _) if !self.namespace_selected(ns, visibility) => return None,
+                // Namespace not (yet) known: selected only when no namespaceSelector asks for labels.
+                (None, _) if self.namespace_selector.is_some() => return None,
+                _ => ns,
+            }
+        };
+        if self.selector.as_ref().is_some_and(|s| !s.matches(&obj.labels)) {
+            return None;
+        }
+        let tenant = match (ns, obj.key.namespace.is_empty()) {
+            (_, true) => None,
+            (Some(ns), _) => Some(ns.tenant(&self.tenant_label).to_string()),
+            (None, _) => Some(obj.key.namespace.clone()),
+        };
+        let tenant_val = tenant.as_deref().map(string_val).unwrap_or_else(null_val);
+        let vars = Variables {
+            object: obj.val.as_ref(),
+            namespace: ns.map(|n| n.val.as_ref()).unwrap_or(pass.null.as_ref()),
+            tenant: tenant_val.as_ref(),
+            now: pass.now.as_ref(),
+        };
+        let mut error = None;
+        let in_population = match &self.where_ {
+            None => true,
+            Some(w) => w.eval_bool(&pass.root, &vars).unwrap_or_else(|e| {
+                error = Some(e);
+                true
+            }),
+        };
+        if !in_population {
+            return Some(ObjectResult { tenant, in_population, passes: false, value: None, error: None });
+        }
+        let passes = match &self.passes {
+            None => error.is_none(),
+            Some(p) if error.is_none() => p.eval_bool(&pass.root, &vars).unwrap_or_else(|e| {
+                error = Some(e);
+                false
+            }),
+            Some(_) => false,
+        };
+        let value = match &self.value {
+            Some(v) if error.is_none() => v.eval_number(&pass.root, &vars).map_err(|e| error = Some(e)).ok(),
+            _ => None,
+        };
+        Some(ObjectResult { tenant, in_population, passes, value, error })
+    }
+
+    /// Evaluates every object of the kind; None when the kind is not observed.
+    pub fn evaluate_all(
+        &self,
+        pass: &Pass,
+        index: &ObjectIndex,
+        visibility: &Visibility,
+    ) -> Option<BTreeMap<ObjectKey, ObjectResult>> {
+        let table: &Arc<_> = index.objects(&self.kind)?;
+        let scope = LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        Some(with_scope(scope, || {
+            table
+                .iter()
+                .filter_map(|(k, o)| Some((k.clone(), self.evaluate_object(pass, index, o, visibility)?)))
+                .collect()
+        }))
+    }
+
+    /// Re-evaluates the objects in `keys` only (after watch events), updating `results`.
+    pub fn evaluate_changed(
+        &self,
+        pass: &Pass,
+        index: &ObjectIndex,
+        visibility: &Visibility,
+        keys: &[ObjectKey],
+        results: &mut BTreeMap<ObjectKey, ObjectResult>,
+    ) {
+        let scope = LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        with_scope(scope, || {
+            for key in keys {
+                match index.get(&self.kind, key).and_then(|o| self.evaluate_object(pass, index, o, visibility)) {
+                    Some(r) => {
+                        results.insert(key.clone(), r);
+                    }
+                    None => {
+                        results.remove(key);
+                    }
+                }
+            }
+        })
+    }
+
+    /// The namespaces in scope, for NamespaceCoverage.
+    pub fn selected_namespaces<'a>(
+        &'a self,
+        index: &'a ObjectIndex,
+        visibility: &'a Visibility,
+    ) -> impl Iterator<Item = &'a Arc<NamespaceInfo>> + 'a {
+        index.namespaces().filter(move |ns| self.namespace_selected(ns, visibility))
+    }
+
+    /// The tenant label this metric groups by.
+    pub fn tenant_label(&self) -> &str {
+        &self.tenant_label
+    }
+}

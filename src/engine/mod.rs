@@ -1,0 +1,162 @@
+//! The pure evaluation engine: a SecurityMetric spec plus observed objects in, status out.
+//! No Kubernetes client here; the controller and `secmetrics evaluate` both drive it.
+
+pub mod aggregate;
+pub mod expression;
+pub mod kubernetes;
+pub mod lookup;
+pub mod objects;
+pub mod selector;
+pub mod state;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::conditions::{self, EXPRESSION_VALID, NewCondition, READY, SOURCE_AVAILABLE};
+use crate::api::security_metric::{
+    MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantValue,
+};
+pub use aggregate::Measurement;
+pub use expression::CompileError;
+pub use kubernetes::{CompiledKubernetes, ObjectResult, Pass, Visibility};
+pub use objects::{Kind, ObjectIndex, ObjectKey};
+
+/// Default evaluation interval.
+pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most tenants listed in status.
+pub const MAX_TENANTS: usize = 20;
+/// Most offenders listed in status.
+pub const MAX_OFFENDERS: usize = 20;
+
+/// A metric's source, compiled.
+#[derive(Debug)]
+pub enum CompiledSource {
+    Kubernetes(CompiledKubernetes),
+    /// A source this build does not evaluate yet; the message says which.
+    Unsupported(&'static str),
+}
+
+/// Compiles a metric's source. Errors name the field and position.
+pub fn compile(spec: &SecurityMetricSpec) -> Result<CompiledSource, CompileError> {
+    let tenant_label = spec.tenancy.as_ref().map(|t| t.tenant_label.as_str());
+    match (&spec.source.kubernetes, &spec.source.prometheus, &spec.source.history) {
+        (Some(k), None, None) => Ok(CompiledSource::Kubernetes(CompiledKubernetes::compile(k, tenant_label)?)),
+        (None, Some(_), None) => Ok(CompiledSource::Unsupported("the prometheus source is not available in this version")),
+        (None, None, Some(_)) => Ok(CompiledSource::Unsupported("the history source is not available in this version")),
+        _ => Err(CompileError {
+            field: "source",
+            message: "exactly one of kubernetes, prometheus, history must be set".into(),
+            position: None,
+        }),
+    }
+}
+
+/// The evaluation interval of a spec.
+pub fn interval(spec: &SecurityMetricSpec) -> std::time::Duration {
+    spec.interval.as_ref().map(|d| d.get()).unwrap_or(DEFAULT_INTERVAL)
+}
+
+/// How old a measurement may be before it is Stale: `maxAge`, default 3 × interval.
+pub fn max_age(spec: &SecurityMetricSpec) -> std::time::Duration {
+    spec.max_age.as_ref().map(|d| d.get()).unwrap_or(interval(spec) * 3)
+}
+
+/// What an evaluation produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A measurement.
+    Measured(Measurement),
+    /// The source could not be read: `reason` (CamelCase) and a precise message.
+    SourceUnavailable { reason: String, message: String },
+    /// An expression or selector is invalid.
+    Invalid(CompileError),
+}
+
+/// Builds the status for `outcome`, keeping timestamps from `previous` where nothing changed.
+pub fn build_status(
+    spec: &SecurityMetricSpec,
+    generation: Option<i64>,
+    previous: Option<&SecurityMetricStatus>,
+    outcome: &Outcome,
+    now: &Time,
+) -> SecurityMetricStatus {
+    let objective_text = state::describe(&spec.objective);
+    let mut status = SecurityMetricStatus {
+        observed_generation: generation,
+        objective: Some(objective_text.clone()),
+        last_evaluated: Some(now.clone()),
+        ..Default::default()
+    };
+    let (expr_ok, source_ok, ready);
+    match outcome {
+        Outcome::Invalid(e) => {
+            expr_ok = NewCondition::new(EXPRESSION_VALID, false, "InvalidExpression", e.to_string());
+            source_ok = NewCondition::new(SOURCE_AVAILABLE, false, "NotEvaluated", "not evaluated: the spec is invalid");
+            ready = NewCondition::new(READY, false, "InvalidSpec", e.to_string());
+        }
+        Outcome::SourceUnavailable { reason, message } => {
+            expr_ok = NewCondition::new(EXPRESSION_VALID, true, "Compiled", "all expressions compiled");
+            source_ok = NewCondition::new(SOURCE_AVAILABLE, false, reason.clone(), message.clone());
+            ready = NewCondition::new(READY, false, reason.clone(), message.clone());
+        }
+        Outcome::Measured(m) => {
+            expr_ok = NewCondition::new(EXPRESSION_VALID, true, "Compiled", "all expressions compiled");
+            source_ok = NewCondition::new(SOURCE_AVAILABLE, true, "Observed", format!("{} objects in the population", m.population));
+            status.value = m.value.map(round);
+            status.population = Some(m.population);
+            status.passing = Some(m.passing);
+            status.evaluation_errors = (m.errors > 0).then_some(m.errors);
+            status.first_evaluation_error = m.first_error.clone().map(|e| conditions::truncate(e, 512));
+            status.state = state::state_of(&spec.objective, m.value);
+            status.offenders = m.offenders.clone();
+            status.offenders_total = Some(m.offenders_total);
+            if spec.tenancy.is_some() {
+                let mut tenants: Vec<TenantValue> = m
+                    .tenants
+                    .iter()
+                    .map(|(name, v)| TenantValue {
+                        name: name.clone(),
+                        value: v.map(round),
+                        state: state::state_of(&spec.objective, *v),
+                    })
+                    .collect();
+                status.tenants_total = Some(tenants.len() as u64);
+                status.tenants_breached =
+                    Some(tenants.iter().filter(|t| t.state == MetricState::Breached).count() as u64);
+                tenants.sort_by(|a, b| b.state.severity().cmp(&a.state.severity()).then_with(|| a.name.cmp(&b.name)));
+                tenants.truncate(MAX_TENANTS);
+                status.tenants = tenants;
+            }
+            ready = match m.value {
+                Some(v) => NewCondition::new(
+                    READY,
+                    true,
+                    "Evaluated",
+                    format!("value {} is {} (objective {objective_text})", round(v), status.state.as_str()),
+                ),
+                None => NewCondition::new(READY, false, "NoData", "no data: the population is empty"),
+            };
+        }
+    }
+    let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    status.conditions = conditions::merge(prev_conditions, vec![ready, source_ok, expr_ok], generation, now);
+    status.last_transition = match previous {
+        Some(p) if p.state == status.state => p.last_transition.clone().or_else(|| Some(now.clone())),
+        _ => Some(now.clone()),
+    };
+    status
+}
+
+/// Values are reported with at most 4 decimals so status does not churn on float noise.
+fn round(v: f64) -> f64 {
+    (v * 10_000.0).round() / 10_000.0
+}
+
+/// Whether `new` differs from `old` in anything but the evaluation timestamp: only then is
+/// a write needed (besides the heartbeat).
+pub fn status_changed(old: &SecurityMetricStatus, new: &SecurityMetricStatus) -> bool {
+    let strip = |s: &SecurityMetricStatus| SecurityMetricStatus { last_evaluated: None, ..s.clone() };
+    strip(old) != strip(new)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! Observed objects as the engine sees them: pruned, converted to CEL once per version, and
+//! indexed by kind. Shared by the controller (fed by watches) and `secmetrics evaluate` (fed
+//! by files), so both run the same engine on the same data shapes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use cel::common::value::Val;
+use serde_json::Value as Json;
+
+use super::expression::to_val;
+
+/// An API kind as `apiVersion` + `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind {
+    pub api_version: String,
+    pub kind: String,
+}
+
+impl Kind {
+    /// `apiVersion` and `kind`.
+    pub fn new(api_version: impl Into<String>, kind: impl Into<String>) -> Self {
+        Kind { api_version: api_version.into(), kind: kind.into() }
+    }
+
+    /// Kinds whose contents the operator never reads (SPEC §3): only metadata is kept.
+    pub fn is_metadata_only(&self) -> bool {
+        self.api_version == "v1" && (self.kind == "Secret" || self.kind == "ConfigMap")
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.api_version, self.kind)
+    }
+}
+
+/// Namespace (empty for cluster-scoped objects) and name: the order offenders are listed in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One observed object, ready for evaluation.
+pub struct CachedObject {
+    pub key: ObjectKey,
+    pub labels: BTreeMap<String, String>,
+    /// The object as CEL sees it (`object`), converted once.
+    pub val: Box<dyn Val>,
+}
+
+impl std::fmt::Debug for CachedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CachedObject({}/{})", self.key.namespace, self.key.name)
+    }
+}
+
+/// Removes what no metric needs and what must never be read before an object is cached:
+/// managedFields, the last-applied annotation, and the data of Secrets and ConfigMaps.
+pub fn prune(kind: &Kind, mut obj: Json) -> Json {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Json::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(ann) = meta.get_mut("annotations").and_then(Json::as_object_mut) {
+            ann.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    if kind.is_metadata_only()
+        && let Some(map) = obj.as_object_mut()
+    {
+        map.retain(|k, _| k == "apiVersion" || k == "kind" || k == "metadata" || k == "type" || k == "immutable");
+    }
+    obj
+}
+
+impl CachedObject {
+    /// Builds the cached form of a (pruned) object.
+    pub fn new(obj: &Json) -> Self {
+        let meta = &obj["metadata"];
+        let key = ObjectKey {
+            namespace: meta["namespace"].as_str().unwrap_or_default().to_string(),
+            name: meta["name"].as_str().unwrap_or_default().to_string(),
+        };
+        let labels = string_map(&meta["labels"]);
+        CachedObject { key, labels, val: to_val(obj) }
+    }
+}
+
+/// A `map[string]string` field such as labels.
+pub fn string_map(v: &Json) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+/// What the engine knows of a namespace: its labels, and its metadata as CEL's `namespace`.
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub val: Box<dyn Val>,
+}
+
+impl NamespaceInfo {
+    /// From a Namespace object (JSON).
+    pub fn new(obj: &Json) -> Self {
+        let meta = &obj["metadata"];
+        let name = meta["name"].as_str().unwrap_or_default().to_string();
+        let labels = string_map(&meta["labels"]);
+        let view = serde_json::json!({
+            "name": name,
+            "labels": meta.get("labels").cloned().unwrap_or_else(|| serde_json::json!({})),
+            "annotations": meta.get("annotations").cloned().unwrap_or_else(|| serde_json::json!({})),
+        });
+        NamespaceInfo { name, labels, val: to_val(&view) }
+    }
+
+    /// The namespace's tenant: the value of `tenant_label`, or its own name.
+    pub fn tenant(&self, tenant_label: &str) -> &str {
+        self.labels.get(tenant_label).map(String::as_str).unwrap_or(&self.name)
+    }
+}
+
+/// The objects of one kind, in key order.
+pub type KindTable = BTreeMap<ObjectKey, Arc<CachedObject>>;
+
+/// Everything observed: objects by kind, and namespaces. Cloning is cheap (tables are shared
+/// and copied only when written while a reader holds them).
+#[derive(Clone, Default)]
+pub struct ObjectIndex {
+    kinds: HashMap<Kind, Arc<KindTable>>,
+    namespaces: Arc<BTreeMap<String, Arc<NamespaceInfo>>>,
+}
+
+impl ObjectIndex {
+    /// Inserts or replaces an object of `kind` (pruned first). Namespaces also land in the
+    /// namespace table.
+    pub fn apply(&mut self, kind: &Kind, obj: Json) {
+        let obj = prune(kind, obj);
+        if kind.api_version == "v1" && kind.kind == "Namespace" {
+            let ns = NamespaceInfo::new(&obj);
+            Arc::make_mut(&mut self.namespaces).insert(ns.name.clone(), Arc::new(ns));
+        }
+        let cached = CachedObject::new(&obj);
+        let table = self.kinds.entry(kind.clone()).or_default();
+        Arc::make_mut(table).insert(cached.key.clone(), Arc::new(cached));
+    }
+
+    /// Removes an object.
+    pub fn delete(&mut self, kind: &Kind, key: &ObjectKey) {
+        if kind.api_version == "v1" && kind.kind == "Namespace" {
+            Arc::make_mut(&mut self.namespaces).remove(&key.name);
+        }
+        if let Some(table) = self.kinds.get_mut(kind) {
+            Arc::make_mut(table).remove(key);
+        }
+    }
+
+    /// Replaces all objects of `kind` (a watch relist).
+    pub fn reset(&mut self, kind: &Kind, objs: impl IntoIterator<Item = Json>) {
+        self.kinds.insert(kind.clone(), Arc::new(KindTable::new()));
+        if kind.api_version == "v1" && kind.kind == "Namespace" {
+            self.namespaces = Arc::new(BTreeMap::new());
+        }
+        for o in objs {
+            self.apply(kind, o);
+        }
+    }
+
+    /// Marks `kind` as known even when it has no objects yet.
+    pub fn ensure_kind(&mut self, kind: &Kind) {
+        self.kinds.entry(kind.clone()).or_default();
+    }
+
+    /// The objects of `kind`, if the kind is known at all.
+    pub fn objects(&self, kind: &Kind) -> Option<&Arc<KindTable>> {
+        self.kinds.get(kind)
+    }
+
+    /// One object.
+    pub fn get(&self, kind: &Kind, key: &ObjectKey) -> Option<&Arc<CachedObject>> {
+        self.kinds.get(kind)?.get(key)
+    }
+
+    /// A namespace by name.
+    pub fn namespace(&self, name: &str) -> Option<&Arc<NamespaceInfo>> {
+        self.namespaces.get(name)
+    }
+
+    /// All namespaces, by name.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<NamespaceInfo>> {
+        self.namespaces.values()
+    }
+
+    /// Whether namespaces are observed at all (NamespaceCoverage and namespaceSelector need it).
+    pub fn has_namespaces(&self) -> bool {
+        self.kinds.contains_key(&Kind::new("v1", "Namespace"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prune_drops_managed_fields_last_applied_and_secret_data() {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "s", "managedFields": [{}], "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}},
+            "data": {"password": "aHVudGVyMg=="}, "stringData": {"x": "y"}
+        });
+        let pruned = prune(&Kind::new("v1", "Secret"), secret);
+        assert!(pruned.get("data").is_none() && pruned.get("stringData").is_none());
+        assert!(pruned["metadata"].get("managedFields").is_none());
+        assert_eq!(pruned["metadata"]["annotations"], json!({"keep": "me"}));
+        assert_eq!(pruned["type"], "Opaque");
+        let pod = prune(&Kind::new("v1", "Pod"), json!({"metadata": {"name": "p"}, "spec": {"a": 1}}));
+        assert_eq!(pod["spec"]["a"], 1);
+    }
+
+    #[test]
+    fn index_applies_deletes_and_shares_tables() {
+        let kind = Kind::new("v1", "Pod");
+        let mut idx = ObjectIndex::default();
+        idx.apply(&kind, json!({"metadata": {"name": "a", "namespace": "n1"}}));
+        let snapshot = idx.clone();
+        idx.apply(&kind, json!({"metadata": {"name": "b", "namespace": "n1"}}));
+        assert_eq!(snapshot.objects(&kind).unwrap().len(), 1, "a snapshot does not see later writes");
+        assert_eq!(idx.objects(&kind).unwrap().len(), 2);
+        idx.delete(&kind, &ObjectKey { namespace: "n1".into(), name: "a".into() });
+        assert_eq!(idx.objects(&kind).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tenant_comes_from_label_or_namespace_name() {
+        let ns = NamespaceInfo::new(&json!({"metadata": {"name": "team-a-dev", "labels": {"secmetrics.io/tenant": "team-a"}}}));
+        assert_eq!(ns.tenant("secmetrics.io/tenant"), "team-a");
+        assert_eq!(ns.tenant("other"), "team-a-dev");
+    }
+}

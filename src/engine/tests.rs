@@ -1,0 +1,338 @@
+//! Engine behaviour on plain data: aggregates, tenants, offenders, confinement, errors, joins.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::api::security_metric::{MetricState, Offender, SecurityMetricSpec};
+
+fn spec(source: Value, objective: Value, tenancy: bool) -> SecurityMetricSpec {
+    let mut s = json!({
+        "displayName": "m", "description": "d", "type": "Technical", "category": "Other",
+        "owner": {"team": "t", "responsibility": "ApplicationProvider"},
+        "source": {"kubernetes": source},
+        "objective": objective,
+    });
+    if tenancy {
+        s["tenancy"] = json!({});
+    }
+    serde_json::from_value(s).unwrap()
+}
+
+fn ns(name: &str, tenant: Option<&str>) -> Value {
+    let labels = tenant.map(|t| json!({"secmetrics.io/tenant": t})).unwrap_or(json!({}));
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(ns: &str, name: &str, non_root: Option<bool>, cpu_millis: i64) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1", "resources": {"requests": {"cpuMillis": cpu_millis}}}]}});
+    if let Some(b) = non_root {
+        p["spec"]["securityContext"] = json!({"runAsNonRoot": b});
+    }
+    p
+}
+
+fn index(objs: Vec<Value>) -> ObjectIndex {
+    let mut idx = ObjectIndex::default();
+    idx.ensure_kind(&Kind::new("v1", "Namespace"));
+    idx.ensure_kind(&Kind::new("v1", "Pod"));
+    for o in objs {
+        let kind = Kind::new(o["apiVersion"].as_str().unwrap(), o["kind"].as_str().unwrap());
+        idx.apply(&kind, o);
+    }
+    idx
+}
+
+fn evaluate(spec: &SecurityMetricSpec, idx: &ObjectIndex, vis: Visibility) -> SecurityMetricStatus {
+    let CompiledSource::Kubernetes(k) = compile(spec).unwrap() else { panic!() };
+    let pass = Pass::new(chrono::Utc::now());
+    let results = k.evaluate_all(&pass, idx, &vis).expect("kind observed");
+    let m = aggregate::measure(&k, &results, idx, &vis, MAX_OFFENDERS);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    build_status(spec, Some(1), None, &Outcome::Measured(m), &now)
+}
+
+const NON_ROOT: &str = "has(object.spec.securityContext) && object.spec.securityContext.runAsNonRoot";
+
+fn cluster() -> ObjectIndex {
+    index(vec![
+        ns("a1", Some("team-a")),
+        ns("a2", Some("team-a")),
+        ns("b1", Some("team-b")),
+        ns("empty", None),
+        pod("a1", "p1", Some(true), 100),
+        pod("a1", "p2", Some(true), 200),
+        pod("a2", "p3", Some(false), 300),
+        pod("b1", "p4", None, 400),
+        pod("b1", "p5", Some(true), 500),
+    ])
+}
+
+fn value_of(aggregate: &str, extra: Value) -> Option<f64> {
+    let mut src = json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": aggregate,
+        "passes": NON_ROOT, "value": "object.spec.containers[0].resources.requests.cpuMillis"});
+    for (k, v) in extra.as_object().unwrap() {
+        src[k] = v.clone();
+    }
+    evaluate(&spec(src, json!({"operator": ">=", "target": 0}), false), &cluster(), Visibility::Cluster).value
+}
+
+#[test]
+fn every_aggregate() {
+    assert_eq!(value_of("Ratio", json!({})), Some(60.0));
+    assert_eq!(value_of("Count", json!({})), Some(5.0));
+    assert_eq!(value_of("CountPassing", json!({})), Some(3.0));
+    assert_eq!(value_of("CountFailing", json!({})), Some(2.0));
+    assert_eq!(value_of("Sum", json!({})), Some(1500.0));
+    assert_eq!(value_of("Min", json!({})), Some(100.0));
+    assert_eq!(value_of("Max", json!({})), Some(500.0));
+    assert_eq!(value_of("Average", json!({})), Some(300.0));
+    // `where` narrows the population for every aggregate.
+    assert_eq!(value_of("Count", json!({"where": "object.metadata.namespace != 'b1'"})), Some(3.0));
+    assert_eq!(value_of("Ratio", json!({"where": "object.metadata.namespace == 'a1'"})), Some(100.0));
+    // Selectors.
+    assert_eq!(value_of("Count", json!({"selector": {"matchLabels": {"app": "p1"}}})), Some(1.0));
+    assert_eq!(
+        value_of("Count", json!({"namespaceSelector": {"matchLabels": {"secmetrics.io/tenant": "team-b"}}})),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn empty_population_has_no_ratio_but_counts_zero() {
+    let none = json!({"where": "false"});
+    assert_eq!(value_of("Ratio", none.clone()), None);
+    assert_eq!(value_of("Average", none.clone()), None);
+    assert_eq!(value_of("Min", none.clone()), None);
+    assert_eq!(value_of("Count", none.clone()), Some(0.0));
+    assert_eq!(value_of("Sum", none), Some(0.0));
+}
+
+#[test]
+fn no_data_is_unknown_and_not_ready() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "where": "false", "passes": "true"}),
+        json!({"operator": ">=", "target": 0}),
+        false,
+    );
+    let st = evaluate(&s, &cluster(), Visibility::Cluster);
+    assert_eq!(st.state, MetricState::Unknown);
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoData"));
+}
+
+#[test]
+fn namespace_coverage_counts_namespaces_with_a_passing_object() {
+    // a1 and b1 hold a non-root pod; a2 does not; "empty" holds nothing.
+    assert_eq!(value_of("NamespaceCoverage", json!({})), Some(50.0));
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": "NamespaceCoverage", "passes": NON_ROOT}),
+        json!({"operator": ">=", "target": 100}),
+        true,
+    );
+    let st = evaluate(&s, &cluster(), Visibility::Cluster);
+    let names: Vec<_> = st.offenders.iter().map(|o| (o.kind.as_str(), o.name.as_str())).collect();
+    assert_eq!(names, vec![("Namespace", "a2"), ("Namespace", "empty")]);
+    assert_eq!(st.tenants_total, Some(3));
+}
+
+#[test]
+fn tenants_worst_first_with_totals() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT}),
+        json!({"operator": ">=", "target": 90, "warning": 60}),
+        true,
+    );
+    let st = evaluate(&s, &cluster(), Visibility::Cluster);
+    let t: Vec<_> = st.tenants.iter().map(|t| (t.name.as_str(), t.value, t.state)).collect();
+    // team-a: 2 of 3 pass (66.67%, Warning); team-b: 1 of 2 (50%, Breached).
+    assert_eq!(
+        t,
+        vec![("team-b", Some(50.0), MetricState::Breached), ("team-a", Some(66.6667), MetricState::Warning)]
+    );
+    assert_eq!((st.tenants_total, st.tenants_breached), (Some(2), Some(1)));
+    // Overall 3 of 5 = 60%: exactly at the warning bound.
+    assert_eq!(st.state, MetricState::Warning);
+}
+
+#[test]
+fn offenders_are_ordered_capped_and_reference_only() {
+    let mut objs = vec![ns("z", None), ns("a", None)];
+    for i in (0..30).rev() {
+        objs.push(pod("z", &format!("p{i:02}"), Some(false), 1));
+        objs.push(pod("a", &format!("p{i:02}"), Some(false), 1));
+    }
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT}),
+        json!({"operator": ">=", "target": 90}),
+        false,
+    );
+    let st = evaluate(&s, &index(objs), Visibility::Cluster);
+    assert_eq!(st.offenders_total, Some(60));
+    assert_eq!(st.offenders.len(), MAX_OFFENDERS);
+    assert_eq!(
+        st.offenders[0],
+        Offender { kind: "Pod".into(), namespace: Some("a".into()), name: "p00".into(), tenant: Some("a".into()) }
+    );
+    assert!(st.offenders.windows(2).all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name)));
+    let yaml = serde_json::to_string(&st).unwrap();
+    assert!(!yaml.contains("nginx"), "status never carries object contents");
+}
+
+#[test]
+fn tenants_are_capped() {
+    let mut objs = vec![];
+    for i in 0..50 {
+        objs.push(ns(&format!("n{i}"), None));
+        objs.push(pod(&format!("n{i}"), "p", Some(i % 2 == 0), 1));
+    }
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT}),
+        json!({"operator": ">=", "target": 90}),
+        true,
+    );
+    let st = evaluate(&s, &index(objs), Visibility::Cluster);
+    assert_eq!(st.tenants.len(), MAX_TENANTS);
+    assert_eq!((st.tenants_total, st.tenants_breached), (Some(50), Some(25)));
+    assert!(st.tenants.iter().all(|t| t.state == MetricState::Breached), "worst first");
+}
+
+#[test]
+fn confined_metric_sees_only_its_namespace() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT,
+               "namespaceSelector": {}}),
+        json!({"operator": ">=", "target": 90}),
+        true,
+    );
+    let st = evaluate(&s, &cluster(), Visibility::Namespace("a2".into()));
+    assert_eq!(st.population, Some(1));
+    assert!(st.offenders.iter().all(|o| o.namespace.as_deref() == Some("a2")));
+    assert!(st.tenants.iter().all(|t| t.name == "team-a"));
+}
+
+#[test]
+fn runtime_errors_are_counted_not_fatal_and_never_pass() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "object.spec.securityContext.runAsNonRoot"}),
+        json!({"operator": ">=", "target": 50}),
+        false,
+    );
+    let st = evaluate(&s, &cluster(), Visibility::Cluster);
+    assert_eq!(st.evaluation_errors, Some(1), "p4 has no securityContext");
+    assert!(st.first_evaluation_error.as_deref().unwrap().starts_with("b1/p4: passes:"), "{:?}", st.first_evaluation_error);
+    assert_eq!(st.passing, Some(3));
+    assert_eq!(st.value, Some(60.0));
+}
+
+#[test]
+fn non_bool_passes_is_an_error_naming_the_type() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "object.metadata.name"}),
+        json!({"operator": ">=", "target": 50}),
+        false,
+    );
+    let st = evaluate(&s, &cluster(), Visibility::Cluster);
+    assert_eq!(st.evaluation_errors, Some(5));
+    assert!(st.first_evaluation_error.unwrap().contains("passes must be a bool, got string"));
+}
+
+#[test]
+fn invalid_expression_is_reported_with_position() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "where": "objetc.spec", "passes": "true"}),
+        json!({"operator": ">=", "target": 50}),
+        false,
+    );
+    let err = compile(&s).unwrap_err();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let st = build_status(&s, Some(3), None, &Outcome::Invalid(err), &now);
+    assert_eq!(st.state, MetricState::Unknown);
+    let c = st.conditions.iter().find(|c| c.type_ == "ExpressionValid").unwrap();
+    assert_eq!(c.status, "False");
+    assert!(c.message.starts_with("where: undeclared reference to 'objetc'") && c.message.ends_with("at 1:1"), "{}", c.message);
+    assert_eq!(st.observed_generation, Some(3));
+}
+
+#[test]
+fn lookup_joins_role_bindings_to_roles_within_visibility() {
+    let idx = {
+        let mut idx = cluster();
+        idx.ensure_kind(&Kind::new("rbac.authorization.k8s.io/v1", "Role"));
+        idx.ensure_kind(&Kind::new("rbac.authorization.k8s.io/v1", "RoleBinding"));
+        for (ns, role, verbs) in [("a1", "reader", json!(["get"])), ("a2", "admin", json!(["*"]))] {
+            idx.apply(
+                &Kind::new("rbac.authorization.k8s.io/v1", "Role"),
+                json!({"metadata": {"name": role, "namespace": ns}, "rules": [{"verbs": verbs, "resources": ["pods"]}]}),
+            );
+            idx.apply(
+                &Kind::new("rbac.authorization.k8s.io/v1", "RoleBinding"),
+                json!({"metadata": {"name": format!("{role}-binding"), "namespace": ns},
+                       "roleRef": {"kind": "Role", "name": role}}),
+            );
+        }
+        idx
+    };
+    let s = spec(
+        json!({"resource": {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding"},
+               "aggregate": "CountFailing",
+               "passes": "lookup('rbac.authorization.k8s.io/v1', 'Role', object.metadata.namespace, object.roleRef.name) == null || !lookup('rbac.authorization.k8s.io/v1', 'Role', object.metadata.namespace, object.roleRef.name).rules.exists(r, '*' in r.verbs)"}),
+        json!({"operator": "<=", "target": 0}),
+        false,
+    );
+    let st = evaluate(&s, &idx, Visibility::Cluster);
+    assert_eq!(st.value, Some(1.0));
+    assert_eq!(st.offenders[0].name, "admin-binding");
+    // Confined to a1, a lookup into a2 sees nothing.
+    let confined = spec(
+        json!({"resource": {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding"},
+               "aggregate": "CountPassing",
+               "passes": "lookup('rbac.authorization.k8s.io/v1', 'Role', 'a2', 'admin') != null"}),
+        json!({"operator": "<=", "target": 0}),
+        false,
+    );
+    assert_eq!(evaluate(&confined, &idx, Visibility::Namespace("a1".into())).value, Some(0.0));
+    assert_eq!(evaluate(&confined, &idx, Visibility::Cluster).value, Some(2.0));
+}
+
+#[test]
+fn incremental_update_matches_full_evaluation() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT}),
+        json!({"operator": ">=", "target": 90}),
+        true,
+    );
+    let CompiledSource::Kubernetes(k) = compile(&s).unwrap() else { panic!() };
+    let mut idx = cluster();
+    let pass = Pass::new(chrono::Utc::now());
+    let mut results = k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap();
+    idx.apply(&Kind::new("v1", "Pod"), pod("a2", "p3", Some(true), 300));
+    idx.delete(&Kind::new("v1", "Pod"), &ObjectKey { namespace: "b1".into(), name: "p4".into() });
+    let changed = [
+        ObjectKey { namespace: "a2".into(), name: "p3".into() },
+        ObjectKey { namespace: "b1".into(), name: "p4".into() },
+    ];
+    k.evaluate_changed(&pass, &idx, &Visibility::Cluster, &changed, &mut results);
+    assert_eq!(results, k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap());
+    let m = aggregate::measure(&k, &results, &idx, &Visibility::Cluster, MAX_OFFENDERS);
+    assert_eq!(m.value, Some(100.0));
+}
+
+#[test]
+fn status_unchanged_ignores_evaluation_time() {
+    let s = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT}),
+        json!({"operator": ">=", "target": 90}),
+        false,
+    );
+    let idx = cluster();
+    let first = evaluate(&s, &idx, Visibility::Cluster);
+    let CompiledSource::Kubernetes(k) = compile(&s).unwrap() else { panic!() };
+    let pass = Pass::new(chrono::Utc::now());
+    let m = aggregate::measure(&k, &k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(), &idx, &Visibility::Cluster, 20);
+    let later = Time(k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(60));
+    let second = build_status(&s, Some(1), Some(&first), &Outcome::Measured(m), &later);
+    assert!(!status_changed(&first, &second));
+    assert_eq!(second.last_transition, first.last_transition);
+    assert_ne!(second.last_evaluated, first.last_evaluated);
+}
