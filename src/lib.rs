@@ -4,4 +4,10 @@
 //! - [`engine`]: the pure evaluation engine (no Kubernetes client).
 
 pub mod api;
+pub mod cli;
+pub mod controller;
 pub mod engine;
+pub mod http;
+pub mod sources;
+pub mod status;
+pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The `secmetrics` binary: controller, CRD printer, offline evaluation and reports.
+//! The `secmetrics` binary: controller, CRD printer, offline evaluation.
 
 use std::process::ExitCode;
 
@@ -13,8 +13,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller.
+    Run(secmetrics::controller::RunArgs),
     /// Print the CustomResourceDefinitions (the checked-in crds/ must equal this output).
     Crds,
+    /// Evaluate SecurityMetrics against manifests or a cluster dump, offline.
+    ///
+    /// Exit code 0: all Compliant or Warning; 1: any Breached or Unknown; 2: invalid input.
+    Evaluate(secmetrics::cli::evaluate::Args),
 }
 
 fn main() -> ExitCode {
@@ -30,5 +36,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Evaluate(args) => match secmetrics::cli::evaluate::run(&args, &mut std::io::stdout().lock())
+        {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(secmetrics::controller::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -350,7 +350,7 @@ impl Operator {
 pub struct Anomaly {
     /// Number of recent samples forming the baseline.
     #[schemars(range(min = 3, max = 100))]
-    pub window: u32,
+    pub window: i32,
     /// How far (robust z-score) from the baseline a value must be to be anomalous.
     pub sensitivity: f64,
 }
@@ -390,13 +390,13 @@ pub struct SecurityMetricStatus {
     pub objective: Option<String>,
     /// Objects in the population.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub population: Option<u64>,
+    pub population: Option<i64>,
     /// Objects of the population that pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passing: Option<u64>,
+    pub passing: Option<i64>,
     /// Objects whose expressions failed to evaluate (counted as not passing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evaluation_errors: Option<u64>,
+    pub evaluation_errors: Option<i64>,
     /// The first evaluation error, with the object it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_evaluation_error: Option<String>,
@@ -417,16 +417,16 @@ pub struct SecurityMetricStatus {
     pub tenants: Vec<TenantValue>,
     /// Number of tenants observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenants_total: Option<u64>,
+    pub tenants_total: Option<i64>,
     /// Number of tenants whose own value is Breached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenants_breached: Option<u64>,
+    pub tenants_breached: Option<i64>,
     /// Failing objects, ordered by namespace then name, capped. Never object contents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offenders: Vec<Offender>,
     /// Number of failing objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offenders_total: Option<u64>,
+    pub offenders_total: Option<i64>,
 }
 
 /// The state of a metric against its objective.

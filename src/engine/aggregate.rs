@@ -116,8 +116,11 @@ fn coverage(
     max_offenders: usize,
     mut m: Measurement,
 ) -> Measurement {
-    let covered: std::collections::BTreeSet<&str> =
-        results.iter().filter(|(_, r)| r.in_population && r.passes).map(|(k, _)| k.namespace.as_str()).collect();
+    let covered: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter(|(_, r)| r.in_population && r.passes)
+        .map(|(k, _)| k.namespace.as_str())
+        .collect();
     let mut total = Acc::default();
     let mut tenants: BTreeMap<String, Acc> = BTreeMap::new();
     for ns in source.selected_namespaces(index, visibility) {
@@ -129,7 +132,11 @@ fn coverage(
             m.offenders_total += 1;
             if m.offenders.len() < max_offenders {
                 let key = ObjectKey { namespace: String::new(), name: ns.name.clone() };
-                m.offenders.push(offender("Namespace", &key, Some(ns.tenant(source.tenant_label()).to_string())));
+                m.offenders.push(offender(
+                    "Namespace",
+                    &key,
+                    Some(ns.tenant(source.tenant_label()).to_string()),
+                ));
             }
         }
     }

@@ -4,7 +4,9 @@
 use std::sync::{Arc, LazyLock};
 
 use cel::common::ast::{Expr, IdedExpr};
-use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program, Value};
@@ -24,6 +26,7 @@ pub struct Expression {
     field: &'static str,
     source: String,
     program: Program,
+    lookups: Vec<super::objects::Kind>,
 }
 
 impl std::fmt::Debug for Expression {
@@ -58,17 +61,23 @@ impl Expression {
                 position: first.map(|e| (e.pos.0.max(1) as usize, e.pos.1.max(0) as usize + 1)),
             }
         })?;
-        let mut check = Checker { field, source, scopes: Vec::new(), nodes: 0, error: None };
+        let mut check =
+            Checker { field, source, scopes: Vec::new(), nodes: 0, lookups: Vec::new(), error: None };
         check.walk(program.expression(), program.source_info(), 0);
         if let Some(e) = check.error {
             return Err(e);
         }
-        Ok(Expression { field, source: source.to_string(), program })
+        Ok(Expression { field, source: source.to_string(), program, lookups: check.lookups })
     }
 
     /// The expression as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The kinds this expression reads with `lookup()`: watched like the observed kind.
+    pub fn lookups(&self) -> &[super::objects::Kind] {
+        &self.lookups
     }
 
     /// The spec field this expression came from.
@@ -133,6 +142,7 @@ struct Checker<'a> {
     source: &'a str,
     scopes: Vec<Vec<String>>,
     nodes: usize,
+    lookups: Vec<super::objects::Kind>,
     error: Option<CompileError>,
 }
 
@@ -166,6 +176,27 @@ impl Checker<'_> {
             }
             Expr::Select(s) => self.walk(&s.operand, info, depth),
             Expr::Call(c) => {
+                if c.func_name == "lookup" && c.target.is_none() {
+                    let literal = |i: usize| match c.args.get(i).map(|a| &a.expr) {
+                        Some(Expr::Literal(cel::common::ast::LiteralValue::String(s))) => {
+                            Some(s.inner().to_string())
+                        }
+                        _ => None,
+                    };
+                    match (c.args.len(), literal(0), literal(1)) {
+                        (4, Some(api_version), Some(kind)) => {
+                            let k = super::objects::Kind::new(api_version, kind);
+                            if !self.lookups.contains(&k) {
+                                self.lookups.push(k);
+                            }
+                        }
+                        _ => self.fail(
+                            info,
+                            e.id,
+                            "lookup takes (apiVersion, kind, namespace, name) with apiVersion and kind as string literals, so the operator knows which kind to watch".into(),
+                        ),
+                    }
+                }
                 if let Some(t) = &c.target {
                     self.walk(t, info, depth);
                 }
@@ -299,15 +330,20 @@ mod tests {
 
     fn eval(src: &str, object: serde_json::Value) -> Result<Value, ExecutionError> {
         let e = Expression::compile("passes", src).unwrap();
-        let (o, n, t, now) = (to_val(&object), null_val(), string_val("t1"), timestamp_val(chrono::Utc::now()));
-        let vars = Variables { object: o.as_ref(), namespace: n.as_ref(), tenant: t.as_ref(), now: now.as_ref() };
+        let (o, n, t, now) =
+            (to_val(&object), null_val(), string_val("t1"), timestamp_val(chrono::Utc::now()));
+        let vars =
+            Variables { object: o.as_ref(), namespace: n.as_ref(), tenant: t.as_ref(), now: now.as_ref() };
         e.eval(&root_context(), &vars)
     }
 
     #[test]
     fn evaluates_fields_has_and_comprehensions() {
         let pod = json!({"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:latest"}]}});
-        assert_eq!(eval("object.spec.containers.all(c, !c.image.endsWith(':latest'))", pod.clone()), Ok(false.into()));
+        assert_eq!(
+            eval("object.spec.containers.all(c, !c.image.endsWith(':latest'))", pod.clone()),
+            Ok(false.into())
+        );
         assert_eq!(eval("has(object.spec.securityContext)", pod.clone()), Ok(false.into()));
         assert_eq!(eval("size(object.spec.containers) == 2 && tenant == 't1'", pod.clone()), Ok(true.into()));
         assert!(eval("object.spec.securityContext.runAsNonRoot", pod).is_err(), "missing field is an error");
@@ -316,12 +352,24 @@ mod tests {
     #[test]
     fn undeclared_reference_is_located() {
         let err = Expression::compile("where", "objetc.spec").unwrap_err();
-        assert_eq!(err.to_string(), "where: undeclared reference to 'objetc' (variables: object, namespace, tenant, now) at 1:1");
+        assert_eq!(
+            err.to_string(),
+            "where: undeclared reference to 'objetc' (variables: object, namespace, tenant, now) at 1:1"
+        );
         let err = Expression::compile("passes", "object.a &&\n  foo == 1").unwrap_err();
         assert_eq!(err.position, Some((2, 3)));
         // Comprehension variables are declared within their comprehension only.
         assert!(Expression::compile("passes", "object.items.all(x, x > 1)").is_ok());
         assert!(Expression::compile("passes", "object.items.all(x, x > 1) && x > 1").is_err());
+    }
+
+    #[test]
+    fn lookup_kinds_are_collected_and_must_be_literals() {
+        let e = Expression::compile("passes", "lookup('v1', 'ConfigMap', 'ns', 'n') == null").unwrap();
+        assert_eq!(e.lookups(), &[super::super::objects::Kind::new("v1", "ConfigMap")]);
+        let err = Expression::compile("passes", "lookup(object.apiVersion, 'ConfigMap', 'ns', 'n') == null")
+            .unwrap_err();
+        assert!(err.message.contains("string literals"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use cel::Context;
 use cel::common::value::Val;
 
-use super::expression::{CompileError, Expression, Variables, null_val, root_context, string_val, timestamp_val};
+use super::expression::{
+    CompileError, Expression, Variables, null_val, root_context, string_val, timestamp_val,
+};
 use super::lookup::{LookupScope, with_scope};
 use super::objects::{CachedObject, Kind, NamespaceInfo, ObjectIndex, ObjectKey};
 use super::selector::Selector;
@@ -76,19 +78,25 @@ impl Pass {
 impl CompiledKubernetes {
     /// Compiles a Kubernetes source; `tenant_label` is the metric's tenancy label, if any.
     pub fn compile(src: &KubernetesSource, tenant_label: Option<&str>) -> Result<Self, CompileError> {
-        let expr = |field, e: &Option<String>| e.as_deref().map(|s| Expression::compile(field, s)).transpose();
+        let expr =
+            |field, e: &Option<String>| e.as_deref().map(|s| Expression::compile(field, s)).transpose();
         let sel = |field, s: &Option<_>| {
-            s.as_ref()
-                .map(|s| Selector::new(field, s))
-                .transpose()
-                .map_err(|e| CompileError { field, message: e.to_string(), position: None })
+            s.as_ref().map(|s| Selector::new(field, s)).transpose().map_err(|e| CompileError {
+                field,
+                message: e.to_string(),
+                position: None,
+            })
         };
         let aggregate = src.aggregate;
         let needs_passes = matches!(
             aggregate,
-            Aggregate::Ratio | Aggregate::CountPassing | Aggregate::CountFailing | Aggregate::NamespaceCoverage
+            Aggregate::Ratio
+                | Aggregate::CountPassing
+                | Aggregate::CountFailing
+                | Aggregate::NamespaceCoverage
         );
-        let needs_value = matches!(aggregate, Aggregate::Sum | Aggregate::Min | Aggregate::Max | Aggregate::Average);
+        let needs_value =
+            matches!(aggregate, Aggregate::Sum | Aggregate::Min | Aggregate::Max | Aggregate::Average);
         if needs_passes && src.passes.is_none() {
             return Err(CompileError {
                 field: "passes",
@@ -113,6 +121,19 @@ impl CompiledKubernetes {
             aggregate,
             tenant_label: tenant_label.unwrap_or(DEFAULT_TENANT_LABEL).to_string(),
         })
+    }
+
+    /// Every kind this source reads: the observed kind, then kinds read by `lookup()`.
+    pub fn kinds(&self) -> Vec<Kind> {
+        let mut kinds = vec![self.kind.clone()];
+        for e in [&self.where_, &self.passes, &self.value].into_iter().flatten() {
+            for k in e.lookups() {
+                if !kinds.contains(k) {
+                    kinds.push(k.clone());
+                }
+            }
+        }
+        kinds
     }
 
     /// Whether namespace `ns` is in scope for this metric.
@@ -196,7 +217,8 @@ impl CompiledKubernetes {
         visibility: &Visibility,
     ) -> Option<BTreeMap<ObjectKey, ObjectResult>> {
         let table: &Arc<_> = index.objects(&self.kind)?;
-        let scope = LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let scope =
+            LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         Some(with_scope(scope, || {
             table
                 .iter()
@@ -214,10 +236,14 @@ impl CompiledKubernetes {
         keys: &[ObjectKey],
         results: &mut BTreeMap<ObjectKey, ObjectResult>,
     ) {
-        let scope = LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let scope =
+            LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         with_scope(scope, || {
             for key in keys {
-                match index.get(&self.kind, key).and_then(|o| self.evaluate_object(pass, index, o, visibility)) {
+                match index
+                    .get(&self.kind, key)
+                    .and_then(|o| self.evaluate_object(pass, index, o, visibility))
+                {
                     Some(r) => {
                         results.insert(key.clone(), r);
                     }

@@ -6,9 +6,9 @@
 
 use std::cell::RefCell;
 
-use cel::{ExecutionError, FunctionContext};
 use cel::common::types::CelNull;
 use cel::common::value::{CowVal, Val};
+use cel::{ExecutionError, FunctionContext};
 
 use super::objects::{Kind, ObjectIndex, ObjectKey};
 
@@ -55,7 +55,10 @@ pub(super) fn lookup_function() -> Function {
             return Err(ExecutionError::invalid_argument_count(4, ftx.args.len()));
         }
         let kind = Kind::new(arg_str(&ftx.args, 0)?, arg_str(&ftx.args, 1)?);
-        let key = ObjectKey { namespace: arg_str(&ftx.args, 2)?.to_string(), name: arg_str(&ftx.args, 3)?.to_string() };
+        let key = ObjectKey {
+            namespace: arg_str(&ftx.args, 2)?.to_string(),
+            name: arg_str(&ftx.args, 3)?.to_string(),
+        };
         let found: Option<Box<dyn Val>> = SCOPE.with(|s| {
             let s = s.borrow();
             let scope = s.as_ref()?;

@@ -12,9 +12,7 @@ pub mod state;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{self, EXPRESSION_VALID, NewCondition, READY, SOURCE_AVAILABLE};
-use crate::api::security_metric::{
-    MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantValue,
-};
+use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantValue};
 pub use aggregate::Measurement;
 pub use expression::CompileError;
 pub use kubernetes::{CompiledKubernetes, ObjectResult, Pass, Visibility};
@@ -30,7 +28,7 @@ pub const MAX_OFFENDERS: usize = 20;
 /// A metric's source, compiled.
 #[derive(Debug)]
 pub enum CompiledSource {
-    Kubernetes(CompiledKubernetes),
+    Kubernetes(Box<CompiledKubernetes>),
     /// A source this build does not evaluate yet; the message says which.
     Unsupported(&'static str),
 }
@@ -39,9 +37,15 @@ pub enum CompiledSource {
 pub fn compile(spec: &SecurityMetricSpec) -> Result<CompiledSource, CompileError> {
     let tenant_label = spec.tenancy.as_ref().map(|t| t.tenant_label.as_str());
     match (&spec.source.kubernetes, &spec.source.prometheus, &spec.source.history) {
-        (Some(k), None, None) => Ok(CompiledSource::Kubernetes(CompiledKubernetes::compile(k, tenant_label)?)),
-        (None, Some(_), None) => Ok(CompiledSource::Unsupported("the prometheus source is not available in this version")),
-        (None, None, Some(_)) => Ok(CompiledSource::Unsupported("the history source is not available in this version")),
+        (Some(k), None, None) => {
+            Ok(CompiledSource::Kubernetes(Box::new(CompiledKubernetes::compile(k, tenant_label)?)))
+        }
+        (None, Some(_), None) => {
+            Ok(CompiledSource::Unsupported("the prometheus source is not available in this version"))
+        }
+        (None, None, Some(_)) => {
+            Ok(CompiledSource::Unsupported("the history source is not available in this version"))
+        }
         _ => Err(CompileError {
             field: "source",
             message: "exactly one of kubernetes, prometheus, history must be set".into(),
@@ -90,7 +94,12 @@ pub fn build_status(
     match outcome {
         Outcome::Invalid(e) => {
             expr_ok = NewCondition::new(EXPRESSION_VALID, false, "InvalidExpression", e.to_string());
-            source_ok = NewCondition::new(SOURCE_AVAILABLE, false, "NotEvaluated", "not evaluated: the spec is invalid");
+            source_ok = NewCondition::new(
+                SOURCE_AVAILABLE,
+                false,
+                "NotEvaluated",
+                "not evaluated: the spec is invalid",
+            );
             ready = NewCondition::new(READY, false, "InvalidSpec", e.to_string());
         }
         Outcome::SourceUnavailable { reason, message } => {
@@ -100,15 +109,20 @@ pub fn build_status(
         }
         Outcome::Measured(m) => {
             expr_ok = NewCondition::new(EXPRESSION_VALID, true, "Compiled", "all expressions compiled");
-            source_ok = NewCondition::new(SOURCE_AVAILABLE, true, "Observed", format!("{} objects in the population", m.population));
+            source_ok = NewCondition::new(
+                SOURCE_AVAILABLE,
+                true,
+                "Observed",
+                format!("{} objects in the population", m.population),
+            );
             status.value = m.value.map(round);
-            status.population = Some(m.population);
-            status.passing = Some(m.passing);
-            status.evaluation_errors = (m.errors > 0).then_some(m.errors);
+            status.population = Some(m.population as i64);
+            status.passing = Some(m.passing as i64);
+            status.evaluation_errors = (m.errors > 0).then_some(m.errors as i64);
             status.first_evaluation_error = m.first_error.clone().map(|e| conditions::truncate(e, 512));
             status.state = state::state_of(&spec.objective, m.value);
             status.offenders = m.offenders.clone();
-            status.offenders_total = Some(m.offenders_total);
+            status.offenders_total = Some(m.offenders_total as i64);
             if spec.tenancy.is_some() {
                 let mut tenants: Vec<TenantValue> = m
                     .tenants
@@ -119,10 +133,12 @@ pub fn build_status(
                         state: state::state_of(&spec.objective, *v),
                     })
                     .collect();
-                status.tenants_total = Some(tenants.len() as u64);
+                status.tenants_total = Some(tenants.len() as i64);
                 status.tenants_breached =
-                    Some(tenants.iter().filter(|t| t.state == MetricState::Breached).count() as u64);
-                tenants.sort_by(|a, b| b.state.severity().cmp(&a.state.severity()).then_with(|| a.name.cmp(&b.name)));
+                    Some(tenants.iter().filter(|t| t.state == MetricState::Breached).count() as i64);
+                tenants.sort_by(|a, b| {
+                    b.state.severity().cmp(&a.state.severity()).then_with(|| a.name.cmp(&b.name))
+                });
                 tenants.truncate(MAX_TENANTS);
                 status.tenants = tenants;
             }
@@ -160,3 +176,40 @@ pub fn status_changed(old: &SecurityMetricStatus, new: &SecurityMetricStatus) ->
 
 #[cfg(test)]
 mod tests;
+
+/// What a metric in `namespace` may observe: the whole cluster from a platform namespace,
+/// its own namespace otherwise (SPEC §3).
+pub fn visibility(namespace: &str, platform_namespaces: &[String]) -> Visibility {
+    if platform_namespaces.iter().any(|p| p == namespace) {
+        Visibility::Cluster
+    } else {
+        Visibility::Namespace(namespace.to_string())
+    }
+}
+
+/// Compiles and evaluates one metric against `index` in one go (offline evaluation).
+pub fn evaluate_once(
+    spec: &SecurityMetricSpec,
+    index: &ObjectIndex,
+    visibility: &Visibility,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Outcome {
+    match compile(spec) {
+        Err(e) => Outcome::Invalid(e),
+        Ok(CompiledSource::Unsupported(why)) => {
+            Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: why.into() }
+        }
+        Ok(CompiledSource::Kubernetes(k)) => {
+            let pass = Pass::new(now);
+            match k.evaluate_all(&pass, index, visibility) {
+                None => Outcome::SourceUnavailable {
+                    reason: "KindNotObserved".into(),
+                    message: format!("{} is not observed", k.kind),
+                },
+                Some(results) => {
+                    Outcome::Measured(aggregate::measure(&k, &results, index, visibility, MAX_OFFENDERS))
+                }
+            }
+        }
+    }
+}

@@ -68,7 +68,9 @@ pub fn prune(kind: &Kind, mut obj: Json) -> Json {
     if kind.is_metadata_only()
         && let Some(map) = obj.as_object_mut()
     {
-        map.retain(|k, _| k == "apiVersion" || k == "kind" || k == "metadata" || k == "type" || k == "immutable");
+        map.retain(|k, _| {
+            k == "apiVersion" || k == "kind" || k == "metadata" || k == "type" || k == "immutable"
+        });
     }
     obj
 }
@@ -234,7 +236,9 @@ mod tests {
 
     #[test]
     fn tenant_comes_from_label_or_namespace_name() {
-        let ns = NamespaceInfo::new(&json!({"metadata": {"name": "team-a-dev", "labels": {"secmetrics.io/tenant": "team-a"}}}));
+        let ns = NamespaceInfo::new(
+            &json!({"metadata": {"name": "team-a-dev", "labels": {"secmetrics.io/tenant": "team-a"}}}),
+        );
         assert_eq!(ns.tenant("secmetrics.io/tenant"), "team-a");
         assert_eq!(ns.tenant("other"), "team-a-dev");
     }

@@ -43,7 +43,9 @@ impl Selector {
                 "NotIn" => Requirement::NotIn(e.key.clone(), values),
                 "Exists" => Requirement::Exists(e.key.clone()),
                 "DoesNotExist" => Requirement::DoesNotExist(e.key.clone()),
-                other => return Err(SelectorError { field, key: e.key.clone(), operator: other.to_string() }),
+                other => {
+                    return Err(SelectorError { field, key: e.key.clone(), operator: other.to_string() });
+                }
             });
         }
         Ok(Selector { requirements })

@@ -172,7 +172,12 @@ fn offenders_are_ordered_capped_and_reference_only() {
     assert_eq!(st.offenders.len(), MAX_OFFENDERS);
     assert_eq!(
         st.offenders[0],
-        Offender { kind: "Pod".into(), namespace: Some("a".into()), name: "p00".into(), tenant: Some("a".into()) }
+        Offender {
+            kind: "Pod".into(),
+            namespace: Some("a".into()),
+            name: "p00".into(),
+            tenant: Some("a".into())
+        }
     );
     assert!(st.offenders.windows(2).all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name)));
     let yaml = serde_json::to_string(&st).unwrap();
@@ -220,7 +225,11 @@ fn runtime_errors_are_counted_not_fatal_and_never_pass() {
     );
     let st = evaluate(&s, &cluster(), Visibility::Cluster);
     assert_eq!(st.evaluation_errors, Some(1), "p4 has no securityContext");
-    assert!(st.first_evaluation_error.as_deref().unwrap().starts_with("b1/p4: passes:"), "{:?}", st.first_evaluation_error);
+    assert!(
+        st.first_evaluation_error.as_deref().unwrap().starts_with("b1/p4: passes:"),
+        "{:?}",
+        st.first_evaluation_error
+    );
     assert_eq!(st.passing, Some(3));
     assert_eq!(st.value, Some(60.0));
 }
@@ -250,7 +259,11 @@ fn invalid_expression_is_reported_with_position() {
     assert_eq!(st.state, MetricState::Unknown);
     let c = st.conditions.iter().find(|c| c.type_ == "ExpressionValid").unwrap();
     assert_eq!(c.status, "False");
-    assert!(c.message.starts_with("where: undeclared reference to 'objetc'") && c.message.ends_with("at 1:1"), "{}", c.message);
+    assert!(
+        c.message.starts_with("where: undeclared reference to 'objetc'") && c.message.ends_with("at 1:1"),
+        "{}",
+        c.message
+    );
     assert_eq!(st.observed_generation, Some(3));
 }
 
@@ -329,7 +342,13 @@ fn status_unchanged_ignores_evaluation_time() {
     let first = evaluate(&s, &idx, Visibility::Cluster);
     let CompiledSource::Kubernetes(k) = compile(&s).unwrap() else { panic!() };
     let pass = Pass::new(chrono::Utc::now());
-    let m = aggregate::measure(&k, &k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(), &idx, &Visibility::Cluster, 20);
+    let m = aggregate::measure(
+        &k,
+        &k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(),
+        &idx,
+        &Visibility::Cluster,
+        20,
+    );
     let later = Time(k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(60));
     let second = build_status(&s, Some(1), Some(&first), &Outcome::Measured(m), &later);
     assert!(!status_changed(&first, &second));

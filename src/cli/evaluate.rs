@@ -1,0 +1,179 @@
+//! `secmetrics evaluate`: the engine offline, for GitOps pipelines.
+//!
+//! Exit codes: 0 when every metric is Compliant or Warning, 1 when any is Breached or Unknown
+//! (no data is never a pass), 2 on invalid input.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::json;
+
+use super::load::{self, Document, LoadError, unknown_fields};
+use crate::api::SecurityMetric;
+use crate::api::security_metric::MetricState;
+use crate::engine::{self, Kind, ObjectIndex};
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Arguments of `secmetrics evaluate`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// SecurityMetric manifests (files or directories).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub metrics: Vec<PathBuf>,
+    /// Cluster objects: manifests, `kubectl get -o yaml|json` output, or directories of them.
+    #[arg(long = "objects", required = true)]
+    pub objects: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Namespaces whose metrics observe the whole cluster; others see their own namespace only.
+    #[arg(long = "platform-namespace", default_value = "secmetrics-system")]
+    pub platform_namespaces: Vec<String>,
+    /// Namespace for metrics that do not name one.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// Invalid input.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("writing output: {0}")]
+    Output(String),
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
+    let metric_docs = load::load(&args.metrics)?;
+    let mut metrics = Vec::new();
+    for doc in metric_docs {
+        metrics.push(parse_metric(doc, &args.namespace)?);
+    }
+    if metrics.is_empty() {
+        return Err(EvaluateError::Invalid("no SecurityMetric found in the -f inputs".into()));
+    }
+    let mut index = ObjectIndex::default();
+    index.ensure_kind(&Kind::new("v1", "Namespace"));
+    for m in &metrics {
+        if let Some(k) = &m.spec.source.kubernetes {
+            index.ensure_kind(&Kind::new(&k.resource.api_version, &k.resource.kind));
+        }
+    }
+    for doc in load::load(&args.objects)? {
+        let (Some(api_version), Some(kind)) = (doc.value["apiVersion"].as_str(), doc.value["kind"].as_str())
+        else {
+            return Err(EvaluateError::Invalid(format!(
+                "{}: an object needs apiVersion and kind",
+                doc.origin
+            )));
+        };
+        let kind = Kind::new(api_version, kind);
+        index.apply(&kind, doc.value);
+    }
+
+    let now = chrono::Utc::now();
+    let now_time = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut exit = 0;
+    for m in &mut metrics {
+        let ns = m.metadata.namespace.clone().unwrap_or_default();
+        let vis = engine::visibility(&ns, &args.platform_namespaces);
+        let outcome = engine::evaluate_once(&m.spec, &index, &vis, now);
+        let status = engine::build_status(&m.spec, m.metadata.generation, None, &outcome, &now_time);
+        if !matches!(status.state, MetricState::Compliant | MetricState::Warning) {
+            exit = 1;
+        }
+        m.status = Some(status);
+    }
+    write_output(args.output, &metrics, &args.platform_namespaces, out)
+        .map_err(|e| EvaluateError::Output(e.to_string()))?;
+    Ok(exit)
+}
+
+fn parse_metric(doc: Document, default_ns: &str) -> Result<SecurityMetric, EvaluateError> {
+    let kind = doc.value["kind"].as_str().unwrap_or_default();
+    let api_version = doc.value["apiVersion"].as_str().unwrap_or_default();
+    if kind != "SecurityMetric" || api_version != "secmetrics.io/v1alpha1" {
+        return Err(EvaluateError::Invalid(format!(
+            "{}: expected a secmetrics.io/v1alpha1 SecurityMetric, found {api_version} {kind}",
+            doc.origin
+        )));
+    }
+    let name = doc.value["metadata"]["name"].as_str().unwrap_or("<unnamed>").to_string();
+    let mut metric: SecurityMetric = serde_json::from_value(doc.value.clone())
+        .map_err(|e| EvaluateError::Invalid(format!("{} SecurityMetric {name}: {e}", doc.origin)))?;
+    let typed = serde_json::to_value(&metric).expect("serializable");
+    let unknown = unknown_fields(&doc.value, &typed);
+    if !unknown.is_empty() {
+        return Err(EvaluateError::Invalid(format!(
+            "{} SecurityMetric {name}: unknown field{} {}",
+            doc.origin,
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", ")
+        )));
+    }
+    metric.metadata.namespace.get_or_insert_with(|| default_ns.to_string());
+    Ok(metric)
+}
+
+fn write_output(
+    output: Output,
+    metrics: &[SecurityMetric],
+    platform: &[String],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    match output {
+        Output::Json | Output::Yaml => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": metrics});
+            if output == Output::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list).expect("serializable"))
+            } else {
+                write!(out, "{}", serde_saphyr::to_string(&list).map_err(std::io::Error::other)?)
+            }
+        }
+        Output::Table => {
+            let mut rows = vec![
+                ["NAMESPACE", "NAME", "CATEGORY", "VALUE", "OBJECTIVE", "STATE", "SCOPE", "DETAIL"]
+                    .map(String::from),
+            ];
+            for m in metrics {
+                let s = m.status.clone().unwrap_or_default();
+                let ns = m.metadata.namespace.clone().unwrap_or_default();
+                let detail = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready" && c.status == "False")
+                    .map(|c| c.message.clone())
+                    .or_else(|| s.evaluation_errors.map(|n| format!("{n} evaluation errors")))
+                    .unwrap_or_default();
+                rows.push([
+                    ns.clone(),
+                    m.metadata.name.clone().unwrap_or_default(),
+                    m.spec.category.as_str().to_string(),
+                    s.value.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                    s.objective.unwrap_or_default(),
+                    s.state.as_str().to_string(),
+                    if platform.contains(&ns) { "cluster".into() } else { format!("namespace {ns}") },
+                    detail,
+                ]);
+            }
+            let widths: Vec<usize> =
+                (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+            for r in rows {
+                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                writeln!(out, "{}", line.join("  ").trim_end())?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Reading manifests from files and directories: multi-document YAML, JSON, and `kind: List`
+//! (what `kubectl get -o yaml|json` prints), with the file and document of every error.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+/// Where a document came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// 1-based document number in the file.
+    pub document: usize,
+    /// 1-based line where the document starts.
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} (document {})", self.file.display(), self.line, self.document)
+    }
+}
+
+/// A manifest and where it came from.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub origin: Origin,
+    pub value: Json,
+}
+
+/// Input that could not be read, with its location.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("{path}: invalid JSON at line {line} column {column}: {message}")]
+    Json { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: Origin, message: String },
+}
+
+/// Reads every `.yaml`, `.yml` and `.json` file under `paths` (files are read whatever their
+/// extension), in path order, flattening `List` documents into their items.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, LoadError> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    let mut docs = Vec::new();
+    for f in files {
+        load_file(&f, &mut docs)?;
+    }
+    Ok(docs)
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| LoadError::Io { path: path.into(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            let is_manifest =
+                e.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
+            if e.is_dir() || is_manifest {
+                collect(&e, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn load_file(path: &Path, out: &mut Vec<Document>) -> Result<(), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    if text.trim_start().starts_with('{') {
+        let value: Json = serde_json::from_str(&text).map_err(|e| LoadError::Json {
+            path: path.into(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        push(Origin { file: path.into(), document: 1, line: 1 }, value, out)?;
+        return Ok(());
+    }
+    let values: Vec<Json> = serde_saphyr::from_multiple(&text).map_err(|e| LoadError::Yaml {
+        path: path.into(),
+        // The first line says where ("line L column C: ..."); the rest is a source snippet.
+        message: e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string(),
+    })?;
+    let starts = document_starts(&text);
+    for (i, value) in values.into_iter().filter(|v| !v.is_null()).enumerate() {
+        let origin = Origin { file: path.into(), document: i + 1, line: starts.get(i).copied().unwrap_or(1) };
+        push(origin, value, out)?;
+    }
+    Ok(())
+}
+
+/// The first content line of each non-empty document.
+fn document_starts(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut pending = true;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            pending = true;
+            continue;
+        }
+        let content = line.trim();
+        if pending && !content.is_empty() && !content.starts_with('#') {
+            starts.push(i + 1);
+            pending = false;
+        }
+    }
+    starts
+}
+
+fn push(origin: Origin, value: Json, out: &mut Vec<Document>) -> Result<(), LoadError> {
+    if !value.is_object() {
+        return Err(LoadError::Invalid { origin, message: "a manifest must be a mapping".into() });
+    }
+    let is_list = value["kind"].as_str().is_some_and(|k| k == "List" || k.ends_with("List"))
+        && value["items"].is_array();
+    if is_list {
+        let Json::Array(items) = value["items"].clone() else { unreachable!() };
+        for item in items {
+            out.push(Document { origin: origin.clone(), value: item });
+        }
+    } else {
+        out.push(Document { origin, value });
+    }
+    Ok(())
+}
+
+/// Fields of `input` that deserializing into a type dropped: unknown fields. Defaults may add
+/// fields but never remove them, so whatever `input` has and `typed` lacks was not understood.
+pub fn unknown_fields(input: &Json, typed: &Json) -> Vec<String> {
+    fn walk(prefix: &str, a: &Json, b: &Json, out: &mut Vec<String>) {
+        match (a, b) {
+            (Json::Object(a), Json::Object(b)) => {
+                for (k, av) in a {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    match b.get(k) {
+                        None if !av.is_null() => out.push(path),
+                        None => {}
+                        Some(bv) => walk(&path, av, bv, out),
+                    }
+                }
+            }
+            (Json::Array(a), Json::Array(b)) => {
+                for (i, (av, bv)) in a.iter().zip(b).enumerate() {
+                    walk(&format!("{prefix}[{i}]"), av, bv, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", input, typed, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn multi_document_yaml_lists_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.yaml",
+            "# comment\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: p1}}\n- {apiVersion: v1, kind: Pod, metadata: {name: p2}}\n",
+        );
+        write(
+            dir.path(),
+            "b.json",
+            r#"{"apiVersion": "v1", "kind": "PodList", "items": [{"kind": "Pod", "metadata": {"name": "p3"}}]}"#,
+        );
+        write(dir.path(), "ignored.txt", "not: read");
+        let docs = load(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = docs.iter().map(|d| d.value["metadata"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["a", "p1", "p2", "p3"]);
+        assert_eq!((docs[0].origin.line, docs[0].origin.document), (2, 1));
+        assert_eq!((docs[1].origin.line, docs[1].origin.document), (8, 2));
+    }
+
+    #[test]
+    fn errors_name_file_and_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "bad.yaml", "a: 1\n  b: 2\n");
+        let err = load(&[p]).unwrap_err().to_string();
+        assert!(err.contains("bad.yaml: invalid YAML: line 2 column 4"), "{err}");
+        let p = write(dir.path(), "bad.json", "{\"a\": 1,\n \"b\": }");
+        let err = load(&[p]).unwrap_err().to_string();
+        assert!(err.contains("bad.json: invalid JSON at line 2 column 7"), "{err}");
+        let err = load(&[dir.path().join("missing.yaml")]).unwrap_err().to_string();
+        assert!(err.contains("missing.yaml: No such file"), "{err}");
+        let p = write(dir.path(), "scalar.yaml", "just a string\n");
+        assert!(
+            load(&[p])
+                .unwrap_err()
+                .to_string()
+                .contains("scalar.yaml:1 (document 1): a manifest must be a mapping")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_found_by_round_trip() {
+        let input = json!({"spec": {"objective": {"operator": ">=", "tagret": 1}, "list": [{"a": 1, "zz": 2}]}, "x": null});
+        let typed = json!({"spec": {"objective": {"operator": ">=", "target": 0}, "list": [{"a": 1}]}});
+        assert_eq!(unknown_fields(&input, &typed), vec!["spec.list[0].zz", "spec.objective.tagret"]);
+    }
+}

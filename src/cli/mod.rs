@@ -1,0 +1,4 @@
+//! Command-line subcommands that do not run the controller.
+
+pub mod evaluate;
+pub mod load;

@@ -1,0 +1,340 @@
+//! Keeps every SecurityMetric's status true.
+//!
+//! One task owns all metric state. It reacts to three things: a metric's spec changing
+//! (its generation), an observed object changing (debounced; only the changed objects are
+//! re-evaluated), and each metric's interval (a full re-evaluation). Status is written only
+//! when it changed, plus one heartbeat per interval that refreshes `lastEvaluated`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::api::SecurityMetric;
+use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus};
+use crate::engine::{
+    self, CompileError, CompiledSource, Kind, ObjectKey, ObjectResult, Outcome, Pass, Visibility, aggregate,
+};
+use crate::sources::kubernetes::{Change, KindState, Observed, Watches};
+use crate::status;
+
+/// Settings of the metric controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces whose metrics see the whole cluster.
+    pub platform_namespaces: Vec<String>,
+    /// How long to wait after an object change before re-evaluating (collects bursts).
+    pub debounce: Duration,
+}
+
+struct Entry {
+    name: String,
+    namespace: String,
+    generation: Option<i64>,
+    spec: SecurityMetricSpec,
+    compiled: Result<CompiledSource, CompileError>,
+    visibility: Visibility,
+    object_ref: ObjectReference,
+    /// Per-object results of the last evaluation (Kubernetes sources).
+    results: Option<BTreeMap<ObjectKey, ObjectResult>>,
+    full: bool,
+    changed: BTreeSet<ObjectKey>,
+    due: Instant,
+    /// When the next full (periodic) re-evaluation is due.
+    next_full: Instant,
+    /// The status as last written (or as found on the object at start-up).
+    written: Option<SecurityMetricStatus>,
+    written_at: Option<Instant>,
+}
+
+impl Entry {
+    fn kinds(&self) -> Vec<Kind> {
+        match &self.compiled {
+            Ok(CompiledSource::Kubernetes(k)) => k.kinds(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Runs the metric controller until the watch of SecurityMetrics ends.
+pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
+    let (tx, mut changes) = mpsc::unbounded_channel();
+    let observed = Arc::new(Observed::default());
+    let mut watches = Watches::new(client.clone(), observed.clone(), tx);
+    watches.ensure(&BTreeSet::new());
+
+    let metrics_api: Api<SecurityMetric> = Api::all(client.clone());
+    let mut metric_events =
+        watcher(metrics_api, watcher::Config::default()).default_backoff().applied_or_deleted().boxed();
+    let mut entries: HashMap<(String, String), Entry> = HashMap::new();
+
+    loop {
+        let next_due = entries
+            .values()
+            .map(|e| e.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = metric_events.next() => match ev {
+                Some(Ok(AppliedOrDeleted::Applied(m))) => {
+                    on_metric(&mut entries, m, &settings);
+                    watches.ensure(&wanted_kinds(&entries));
+                }
+                Some(Ok(AppliedOrDeleted::Deleted(m))) => {
+                    entries.remove(&(m.namespace().unwrap_or_default(), m.name_any()));
+                    watches.ensure(&wanted_kinds(&entries));
+                }
+                Some(Err(e)) => warn!(error = %e, "SecurityMetric watch error; retrying"),
+                None => return,
+            },
+            Some(change) = changes.recv() => on_change(&mut entries, change, settings.debounce),
+            _ = tokio::time::sleep_until(next_due) => {
+                let now = Instant::now();
+                let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
+                for key in due {
+                    if let Some(entry) = entries.get_mut(&key) {
+                        evaluate(&client, &recorder, &observed, entry).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+use kube::runtime::watcher::Event as WatchEvent;
+
+/// A metric applied or deleted (init events folded in).
+enum AppliedOrDeleted {
+    Applied(SecurityMetric),
+    Deleted(SecurityMetric),
+}
+
+trait AppliedOrDeletedExt {
+    fn applied_or_deleted(
+        self,
+    ) -> impl futures::Stream<Item = Result<AppliedOrDeleted, watcher::Error>> + Send;
+}
+
+impl<S> AppliedOrDeletedExt for S
+where
+    S: futures::Stream<Item = Result<WatchEvent<SecurityMetric>, watcher::Error>> + Send,
+{
+    fn applied_or_deleted(
+        self,
+    ) -> impl futures::Stream<Item = Result<AppliedOrDeleted, watcher::Error>> + Send {
+        self.filter_map(|ev| async move {
+            match ev {
+                Ok(WatchEvent::Apply(m)) | Ok(WatchEvent::InitApply(m)) => {
+                    Some(Ok(AppliedOrDeleted::Applied(m)))
+                }
+                Ok(WatchEvent::Delete(m)) => Some(Ok(AppliedOrDeleted::Deleted(m))),
+                Ok(WatchEvent::Init) | Ok(WatchEvent::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+}
+
+fn wanted_kinds(entries: &HashMap<(String, String), Entry>) -> BTreeSet<Kind> {
+    entries.values().flat_map(|e| e.kinds()).collect()
+}
+
+fn on_metric(entries: &mut HashMap<(String, String), Entry>, m: SecurityMetric, settings: &Settings) {
+    let key = (m.namespace().unwrap_or_default(), m.name_any());
+    let generation = m.metadata.generation;
+    // Our own status writes come back through the watch; only a new spec matters.
+    if entries.get(&key).is_some_and(|e| e.generation == generation && e.spec == m.spec) {
+        return;
+    }
+    let compiled = engine::compile(&m.spec);
+    let visibility = engine::visibility(&key.0, &settings.platform_namespaces);
+    let previous = entries.remove(&key);
+    let written = previous.as_ref().and_then(|p| p.written.clone()).or_else(|| m.status.clone());
+    info!(namespace = %key.0, name = %key.1, ?generation, "metric spec changed; evaluating");
+    entries.insert(
+        key.clone(),
+        Entry {
+            name: key.1,
+            namespace: key.0,
+            generation,
+            object_ref: m.object_ref(&()),
+            spec: m.spec,
+            compiled,
+            visibility,
+            results: None,
+            full: true,
+            changed: BTreeSet::new(),
+            due: Instant::now(),
+            next_full: Instant::now(),
+            written,
+            written_at: previous.and_then(|p| p.written_at),
+        },
+    );
+}
+
+fn on_change(entries: &mut HashMap<(String, String), Entry>, change: Change, debounce: Duration) {
+    let soon = Instant::now() + debounce;
+    for e in entries.values_mut() {
+        let kinds = e.kinds();
+        let relevant = match &change {
+            // Namespaces carry labels and tenants every metric depends on.
+            Change::Kind(k) => kinds.contains(k) || k.kind == "Namespace",
+            Change::Objects(k, keys) => {
+                if kinds.first() == Some(k) {
+                    e.changed.extend(keys.iter().cloned());
+                    true
+                } else if kinds.contains(k) || (k.kind == "Namespace" && k.api_version == "v1") {
+                    // A looked-up object or a namespace: any object may depend on it.
+                    e.full = true;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if relevant {
+            if matches!(change, Change::Kind(_)) {
+                e.full = true;
+            }
+            e.due = e.due.min(soon);
+        }
+    }
+}
+
+/// The first unavailable kind of a metric, or whether some kind is still syncing.
+enum Readiness {
+    Ready,
+    Syncing,
+    Unavailable { reason: String, message: String },
+}
+
+fn readiness(observed: &Observed, kinds: &[Kind]) -> Readiness {
+    for k in kinds.iter().chain(std::iter::once(&crate::sources::kubernetes::namespace_kind())) {
+        match observed.kind_state(k) {
+            None | Some(KindState::Syncing) => return Readiness::Syncing,
+            Some(KindState::Failed { reason, message }) => return Readiness::Unavailable { reason, message },
+            Some(KindState::Synced) => {}
+        }
+    }
+    Readiness::Ready
+}
+
+async fn evaluate(client: &Client, recorder: &Recorder, observed: &Observed, e: &mut Entry) {
+    let interval = engine::interval(&e.spec);
+    let started = Instant::now();
+    let outcome = match &e.compiled {
+        Err(err) => Outcome::Invalid(err.clone()),
+        Ok(CompiledSource::Unsupported(why)) => {
+            Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: (*why).into() }
+        }
+        Ok(CompiledSource::Kubernetes(k)) => match readiness(observed, &k.kinds()) {
+            Readiness::Syncing => {
+                e.due = Instant::now() + Duration::from_millis(500);
+                return;
+            }
+            Readiness::Unavailable { reason, message } => {
+                e.results = None;
+                Outcome::SourceUnavailable { reason, message }
+            }
+            Readiness::Ready => {
+                let index = observed.snapshot();
+                let pass = Pass::new(chrono::Utc::now());
+                // CEL evaluation is CPU-bound: keep it off the async worker's cooperative budget.
+                let full = e.full || Instant::now() >= e.next_full;
+                tokio::task::block_in_place(|| {
+                    match (&mut e.results, full) {
+                        (Some(results), false) => {
+                            let keys: Vec<_> = std::mem::take(&mut e.changed).into_iter().collect();
+                            k.evaluate_changed(&pass, &index, &e.visibility, &keys, results);
+                        }
+                        _ => {
+                            e.results = k.evaluate_all(&pass, &index, &e.visibility);
+                            e.changed.clear();
+                            e.next_full = Instant::now() + interval;
+                        }
+                    }
+                    e.full = false;
+                    match &e.results {
+                        Some(results) => Outcome::Measured(aggregate::measure(
+                            k,
+                            results,
+                            &index,
+                            &e.visibility,
+                            engine::MAX_OFFENDERS,
+                        )),
+                        None => Outcome::SourceUnavailable {
+                            reason: "KindNotObserved".into(),
+                            message: format!("{} is not observed", k.kind),
+                        },
+                    }
+                })
+            }
+        },
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new = engine::build_status(&e.spec, e.generation, e.written.as_ref(), &outcome, &now);
+    let heartbeat_due = e.written_at.is_none_or(|t| t.elapsed() >= interval);
+    let changed = e.written.as_ref().is_none_or(|old| engine::status_changed(old, &new));
+    // The next periodic evaluation is a full one (expressions may depend on `now`).
+    if e.next_full <= Instant::now() {
+        e.next_full = Instant::now() + interval;
+    }
+    e.due = e.next_full;
+    if !(changed || heartbeat_due) {
+        return;
+    }
+    let api: Api<SecurityMetric> = Api::namespaced(client.clone(), &e.namespace);
+    match status::write_metric_status(&api, &e.name, &new).await {
+        Ok(()) => {
+            let old_state = e.written.as_ref().map(|s| s.state);
+            tracing::debug!(namespace = %e.namespace, name = %e.name, state = new.state.as_str(),
+                took_ms = started.elapsed().as_millis() as u64, changed, "status written");
+            if old_state.is_some_and(|s| s != new.state) {
+                publish_transition(recorder, &e.object_ref, old_state.unwrap_or_default(), &new).await;
+            }
+            e.written = Some(new);
+            e.written_at = Some(Instant::now());
+        }
+        Err(err) => {
+            warn!(namespace = %e.namespace, name = %e.name, error = %err, "writing status failed; retrying soon");
+            e.due = Instant::now() + Duration::from_secs(5);
+        }
+    }
+}
+
+async fn publish_transition(
+    recorder: &Recorder,
+    object: &ObjectReference,
+    old: MetricState,
+    new: &SecurityMetricStatus,
+) {
+    let type_ =
+        if matches!(new.state, MetricState::Compliant) { EventType::Normal } else { EventType::Warning };
+    let value = new.value.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+    let note = format!(
+        "{} -> {}: value {value} (objective {})",
+        old.as_str(),
+        new.state.as_str(),
+        new.objective.clone().unwrap_or_default()
+    );
+    let event = Event {
+        type_,
+        reason: new.state.as_str().to_string(),
+        note: Some(note),
+        action: "Evaluate".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, object).await {
+        warn!(error = %e, "publishing event failed");
+    }
+}

@@ -1,0 +1,3 @@
+//! Where metric data comes from: shared watches of Kubernetes objects.
+
+pub mod kubernetes;
