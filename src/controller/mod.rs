@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Wait this long after an object change before re-evaluating (collects bursts).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Manage only the SecurityMetrics matching this label selector (sharding, canaries).
+    #[arg(long)]
+    pub metric_selector: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "SECMETRICS_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -67,6 +70,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let settings = security_metric::Settings {
         platform_namespaces: args.platform_namespaces.clone(),
         debounce: args.debounce,
+        metric_selector: args.metric_selector.clone(),
     };
     info!(platform_namespaces = ?settings.platform_namespaces, "secmetrics controller starting");
     ready.store(true, Ordering::Relaxed);

@@ -35,6 +35,8 @@ pub struct Settings {
     pub platform_namespaces: Vec<String>,
     /// How long to wait after an object change before re-evaluating (collects bursts).
     pub debounce: Duration,
+    /// Only metrics matching this label selector.
+    pub metric_selector: Option<String>,
 }
 
 struct Entry {

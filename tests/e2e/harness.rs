@@ -101,18 +101,38 @@ impl Drop for TestEnv {
         // Namespace deletion is asynchronous in Kubernetes; start it and let the
         // controller-manager finish. Runs on its own thread because Drop cannot await.
         // The test's client is driven by the test's runtime, which is blocked here: use a new one.
-        let kubeconfig = self.admin_kubeconfig.clone();
-        let ns = self.namespace.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let client = client_from(&kubeconfig).await;
-                let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await;
-            });
-        })
-        .join()
-        .ok();
+        delete_namespace_blocking(self.admin_kubeconfig.clone(), self.namespace.clone());
     }
+}
+
+/// Deletes an extra namespace when the test ends.
+pub struct NamespaceGuard {
+    kubeconfig: PathBuf,
+    name: String,
+}
+
+impl NamespaceGuard {
+    pub fn new(env: &TestEnv, name: &str) -> Self {
+        NamespaceGuard { kubeconfig: env.admin_kubeconfig.clone(), name: name.to_string() }
+    }
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        delete_namespace_blocking(self.kubeconfig.clone(), self.name.clone());
+    }
+}
+
+fn delete_namespace_blocking(kubeconfig: PathBuf, ns: String) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let client = client_from(&kubeconfig).await;
+            let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await;
+        });
+    })
+    .join()
+    .ok();
 }
 
 /// Waits until `cond` holds for the named object, failing the test after [`WAIT`].

@@ -5,3 +5,5 @@ mod fixtures;
 mod harness;
 
 mod control_plane;
+mod operator;
+mod security_metric;

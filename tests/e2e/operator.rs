@@ -1,0 +1,93 @@
+//! Runs the operator binary against the test cluster under the Helm chart's RBAC.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::harness::TestEnv;
+
+/// A running operator process, killed when dropped.
+pub struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The operator's side of a failed test, where CI shows it.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/bin").join(name)
+}
+
+/// Renders the chart with `helm template` and applies its RBAC and ServiceAccount (not the
+/// Deployment: the operator runs here as a process with the chart's identity).
+pub fn install_chart_rbac(env: &TestEnv) {
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/secmetrics");
+    let rendered = Command::new(bin("helm"))
+        .args(["template", "secmetrics", "--kube-version", "1.36.3"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            "secmetrics-system",
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ])
+        .output()
+        .expect("run helm");
+    assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+    let ns = Command::new(bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["create", "namespace", "secmetrics-system"])
+        .output()
+        .unwrap();
+    let _ = ns; // exists already when another test created it
+    let mut apply = Command::new(bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts", "--field-manager", "e2e-chart", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    apply.stdin.take().unwrap().write_all(&rendered.stdout).unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl apply chart RBAC: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts `secmetrics run` with the operator's identity, managing only the metrics labelled
+/// `e2e=<the test's namespace>` so that tests running in parallel do not interfere.
+pub fn start(env: &TestEnv, platform_namespaces: &[&str]) -> Operator {
+    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("{}.log", env.namespace));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secmetrics"));
+    cmd.arg("run")
+        .args(["--probe-addr", "127.0.0.1:0", "--debounce", "200ms"])
+        .arg(format!("--metric-selector=e2e={}", env.namespace))
+        .env("KUBECONFIG", &env.operator_kubeconfig)
+        .env("RUST_LOG", "secmetrics=debug,info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    for p in platform_namespaces {
+        cmd.arg(format!("--platform-namespace={p}"));
+    }
+    Operator { child: cmd.spawn().expect("start operator"), log }
+}
