@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::load::{self, Document, LoadError, unknown_fields};
 use crate::api::SecurityMetric;
-use crate::api::security_metric::MetricState;
+use crate::api::security_metric::{MetricState, SecurityMetricStatus};
 use crate::engine::{self, Kind, ObjectIndex};
 
 /// Output formats.
@@ -84,12 +84,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
 
     let now = chrono::Utc::now();
     let now_time = Time(k8s_openapi::jiff::Timestamp::now());
+    let statuses = evaluate_parallel(&metrics, &index, &args.platform_namespaces, now, &now_time);
     let mut exit = 0;
-    for m in &mut metrics {
-        let ns = m.metadata.namespace.clone().unwrap_or_default();
-        let vis = engine::visibility(&ns, &args.platform_namespaces);
-        let outcome = engine::evaluate_once(&m.spec, &index, &vis, now);
-        let status = engine::build_status(&m.spec, m.metadata.generation, None, &outcome, &now_time);
+    for (m, status) in metrics.iter_mut().zip(statuses) {
         if !matches!(status.state, MetricState::Compliant | MetricState::Warning) {
             exit = 1;
         }
@@ -98,6 +95,41 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
     write_output(args.output, &metrics, &args.platform_namespaces, out)
         .map_err(|e| EvaluateError::Output(e.to_string()))?;
     Ok(exit)
+}
+
+/// Evaluates metrics on every core: each worker takes the next metric until none is left.
+fn evaluate_parallel(
+    metrics: &[SecurityMetric],
+    index: &ObjectIndex,
+    platform: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+    now_time: &Time,
+) -> Vec<SecurityMetricStatus> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(metrics.len().max(1));
+    let mut out: Vec<Option<SecurityMetricStatus>> = vec![None; metrics.len()];
+    let done: Vec<Vec<(usize, SecurityMetricStatus)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(m) = metrics.get(i) else { break };
+                        let ns = m.metadata.namespace.clone().unwrap_or_default();
+                        let outcome = engine::evaluate_once(&m.spec, index, &engine::visibility(&ns, platform), now);
+                        mine.push((i, engine::build_status(&m.spec, m.metadata.generation, None, &outcome, now_time)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("evaluation worker panicked")).collect()
+    });
+    for (i, status) in done.into_iter().flatten() {
+        out[i] = Some(status);
+    }
+    out.into_iter().map(|s| s.expect("every metric evaluated")).collect()
 }
 
 fn parse_metric(doc: Document, default_ns: &str) -> Result<SecurityMetric, EvaluateError> {

@@ -41,6 +41,113 @@ pub enum LoadError {
     Invalid { origin: Origin, message: String },
 }
 
+/// Like [`load`], but hands each document to `visit` as soon as it is parsed. JSON files are
+/// streamed: the items of a `List` are parsed one at a time and never held together, so a
+/// cluster dump of any size costs the memory of one item plus what `visit` keeps.
+pub fn visit(paths: &[PathBuf], mut visit: impl FnMut(Document) -> Result<(), LoadError>) -> Result<(), LoadError> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    for f in files {
+        if starts_with_brace(&f)? {
+            stream_json(&f, &mut visit)?;
+        } else {
+            let mut docs = Vec::new();
+            load_file(&f, &mut docs)?;
+            for d in docs {
+                visit(d)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn starts_with_brace(path: &Path) -> Result<bool, LoadError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    let mut buf = [0u8; 256];
+    let n = file.read(&mut buf).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    Ok(buf[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
+}
+
+/// Streams one JSON document: a List's items one by one, or the single object.
+fn stream_json(path: &Path, visit: &mut dyn FnMut(Document) -> Result<(), LoadError>) -> Result<(), LoadError> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    struct Top<'a> {
+        origin: Origin,
+        visit: &'a mut dyn FnMut(Document) -> Result<(), LoadError>,
+        failed: &'a mut Option<LoadError>,
+    }
+    struct Items<'a, 'b>(&'b mut Top<'a>);
+
+    impl<'de> DeserializeSeed<'de> for Items<'_, '_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Items<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<Json>()? {
+                if self.0.failed.is_none() {
+                    let doc = Document { origin: self.0.origin.clone(), value: item };
+                    if let Err(e) = (self.0.visit)(doc) {
+                        *self.0.failed = Some(e);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = Option<serde_json::Map<String, Json>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a Kubernetes object or List")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut rest = serde_json::Map::new();
+            let mut was_list = false;
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "items" {
+                    map.next_value_seed(Items(&mut self))?;
+                    was_list = true;
+                } else {
+                    rest.insert(key, map.next_value()?);
+                }
+            }
+            Ok((!was_list).then_some(rest))
+        }
+    }
+
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, file));
+    let mut failed = None;
+    let origin = Origin { file: path.into(), document: 1, line: 1 };
+    let single = {
+        let top = Top { origin: origin.clone(), visit: &mut *visit, failed: &mut failed };
+        serde::Deserializer::deserialize_map(&mut de, top).and_then(|v| de.end().map(|_| v))
+    };
+    let single = single.map_err(|e| LoadError::Json {
+        path: path.into(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(obj) = single {
+        visit(Document { origin, value: Json::Object(obj) })?;
+    }
+    Ok(())
+}
+
 /// Reads every `.yaml`, `.yml` and `.json` file under `paths` (files are read whatever their
 /// extension), in path order, flattening `List` documents into their items.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, LoadError> {
@@ -119,14 +226,14 @@ fn document_starts(text: &str) -> Vec<usize> {
     starts
 }
 
-fn push(origin: Origin, value: Json, out: &mut Vec<Document>) -> Result<(), LoadError> {
+fn push(origin: Origin, mut value: Json, out: &mut Vec<Document>) -> Result<(), LoadError> {
     if !value.is_object() {
         return Err(LoadError::Invalid { origin, message: "a manifest must be a mapping".into() });
     }
     let is_list = value["kind"].as_str().is_some_and(|k| k == "List" || k.ends_with("List"))
         && value["items"].is_array();
     if is_list {
-        let Json::Array(items) = value["items"].clone() else { unreachable!() };
+        let Json::Array(items) = value["items"].take() else { unreachable!() };
         for item in items {
             out.push(Document { origin: origin.clone(), value: item });
         }
@@ -194,6 +301,23 @@ mod tests {
         assert_eq!(names, vec!["a", "p1", "p2", "p3"]);
         assert_eq!((docs[0].origin.line, docs[0].origin.document), (2, 1));
         assert_eq!((docs[1].origin.line, docs[1].origin.document), (8, 2));
+    }
+
+    #[test]
+    fn streamed_json_lists_and_single_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = write(dir.path(), "list.json", r#" {"apiVersion": "v1", "items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}], "kind": "List"}"#);
+        let single = write(dir.path(), "one.json", r#"{"kind": "Pod", "metadata": {"name": "c"}}"#);
+        let mut names = Vec::new();
+        visit(&[list, single], |d| {
+            names.push(d.value["metadata"]["name"].as_str().unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(names, vec!["a", "b", "c"]);
+        let bad = write(dir.path(), "bad.json", "{\"items\": [{\"a\": 1}, {\"b\": ]}");
+        let err = visit(&[bad], |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("bad.json: invalid JSON at line 1 column"), "{err}");
     }
 
     #[test]

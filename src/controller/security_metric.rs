@@ -5,7 +5,7 @@
 //! re-evaluated), and each metric's interval (a full re-evaluation). Status is written only
 //! when it changed, plus one heartbeat per interval that refreshes `lastEvaluated`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::api::SecurityMetric;
 use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus};
 use crate::engine::{
-    self, CompileError, CompiledSource, Kind, ObjectKey, ObjectResult, Outcome, Pass, Visibility, aggregate,
+    self, CompileError, CompiledSource, Kind, ObjectKey, Outcome, Pass, Tally, Visibility, aggregate,
 };
 use crate::sources::kubernetes::{Change, KindState, Observed, Watches};
 use crate::status;
@@ -48,7 +48,7 @@ struct Entry {
     visibility: Visibility,
     object_ref: ObjectReference,
     /// Per-object results of the last evaluation (Kubernetes sources).
-    results: Option<BTreeMap<ObjectKey, ObjectResult>>,
+    results: Option<Tally>,
     full: bool,
     changed: BTreeSet<ObjectKey>,
     due: Instant,

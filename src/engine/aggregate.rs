@@ -1,6 +1,10 @@
 //! From per-object results to a measurement: the value, counts, tenants and offenders.
+//!
+//! A [`Tally`] keeps running totals next to the per-object results, so replacing one
+//! object's result costs O(log n) and reading the measurement costs O(tenants + offenders
+//! listed), never a rescan of every object.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::kubernetes::{CompiledKubernetes, ObjectResult, Visibility};
 use super::objects::{ObjectIndex, ObjectKey};
@@ -23,14 +27,33 @@ pub struct Measurement {
     pub offenders_total: u64,
 }
 
-#[derive(Default)]
+/// A float with a total order, for the min/max multiset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Ordered(f64);
+
+impl Eq for Ordered {}
+
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ordered {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Running totals that support removal.
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Acc {
     population: u64,
     passing: u64,
     sum: f64,
-    min: Option<f64>,
-    max: Option<f64>,
-    values: u64,
+    /// Multiset of values, for Min and Max under removal.
+    values: BTreeMap<Ordered, u32>,
+    value_count: u64,
 }
 
 impl Acc {
@@ -39,14 +62,29 @@ impl Acc {
             return;
         }
         self.population += 1;
-        if r.passes {
-            self.passing += 1;
-        }
+        self.passing += u64::from(r.passes);
         if let Some(v) = r.value {
             self.sum += v;
-            self.values += 1;
-            self.min = Some(self.min.map_or(v, |m| m.min(v)));
-            self.max = Some(self.max.map_or(v, |m| m.max(v)));
+            self.value_count += 1;
+            *self.values.entry(Ordered(v)).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, r: &ObjectResult) {
+        if !r.in_population {
+            return;
+        }
+        self.population -= 1;
+        self.passing -= u64::from(r.passes);
+        if let Some(v) = r.value {
+            self.sum -= v;
+            self.value_count -= 1;
+            if let Some(n) = self.values.get_mut(&Ordered(v)) {
+                *n -= 1;
+                if *n == 0 {
+                    self.values.remove(&Ordered(v));
+                }
+            }
         }
     }
 
@@ -57,86 +95,144 @@ impl Acc {
             Aggregate::Count => Some(self.population as f64),
             Aggregate::CountPassing => Some(self.passing as f64),
             Aggregate::CountFailing => Some((self.population - self.passing) as f64),
-            Aggregate::Sum => Some(self.sum),
-            Aggregate::Min => self.min,
-            Aggregate::Max => self.max,
-            Aggregate::Average => (self.values > 0).then(|| self.sum / self.values as f64),
+            Aggregate::Sum => Some(if self.value_count == 0 { 0.0 } else { self.sum }),
+            Aggregate::Min => self.values.keys().next().map(|v| v.0),
+            Aggregate::Max => self.values.keys().next_back().map(|v| v.0),
+            Aggregate::Average => (self.value_count > 0).then(|| self.sum / self.value_count as f64),
         }
     }
 }
 
-/// Aggregates object results. NamespaceCoverage counts namespaces instead of objects: a
-/// namespace passes when it holds at least one passing object.
+/// Per-object results of one metric with running totals.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    results: BTreeMap<ObjectKey, ObjectResult>,
+    total: Acc,
+    tenants: BTreeMap<String, Acc>,
+    /// Population members that fail, in (namespace, name) order: the offenders.
+    failing: BTreeSet<ObjectKey>,
+    errors: BTreeMap<ObjectKey, String>,
+    /// Passing objects per namespace, for NamespaceCoverage.
+    passing_per_namespace: HashMap<String, u64>,
+}
+
+impl Tally {
+    /// Sets (or, with None, removes) the result of one object, updating the totals.
+    pub fn set(&mut self, key: ObjectKey, result: Option<ObjectResult>) {
+        if let Some(old) = self.results.remove(&key) {
+            self.account(&key, &old, false);
+        }
+        if let Some(new) = result {
+            self.account(&key, &new, true);
+            self.results.insert(key, new);
+        }
+    }
+
+    fn account(&mut self, key: &ObjectKey, r: &ObjectResult, add: bool) {
+        let apply = |acc: &mut Acc| if add { acc.add(r) } else { acc.remove(r) };
+        apply(&mut self.total);
+        if let Some(t) = &r.tenant {
+            let acc = self.tenants.entry(t.clone()).or_default();
+            apply(acc);
+            if acc.population == 0 && acc.values.is_empty() {
+                self.tenants.remove(t);
+            }
+        }
+        let failing = r.in_population && !r.passes;
+        let passing = r.in_population && r.passes;
+        if add {
+            if failing {
+                self.failing.insert(key.clone());
+            }
+            if let Some(e) = &r.error {
+                self.errors.insert(key.clone(), e.clone());
+            }
+            if passing {
+                *self.passing_per_namespace.entry(key.namespace.clone()).or_default() += 1;
+            }
+        } else {
+            self.failing.remove(key);
+            self.errors.remove(key);
+            if passing && let Some(n) = self.passing_per_namespace.get_mut(&key.namespace) {
+                *n -= 1;
+                if *n == 0 {
+                    self.passing_per_namespace.remove(&key.namespace);
+                }
+            }
+        }
+    }
+
+    /// The per-object results.
+    pub fn results(&self) -> &BTreeMap<ObjectKey, ObjectResult> {
+        &self.results
+    }
+
+    /// Number of objects with a result.
+    pub fn len(&self) -> usize {
+        self.results.len()
+    }
+
+    /// Whether no object has a result.
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+}
+
+/// Reads the measurement from a tally. NamespaceCoverage counts namespaces instead of
+/// objects: a namespace passes when it holds at least one passing object.
 pub fn measure(
     source: &CompiledKubernetes,
-    results: &BTreeMap<ObjectKey, ObjectResult>,
+    tally: &Tally,
     index: &ObjectIndex,
     visibility: &Visibility,
     max_offenders: usize,
 ) -> Measurement {
-    let mut m = Measurement::default();
-    for (key, r) in results {
-        if let Some(e) = &r.error {
-            m.errors += 1;
-            if m.first_error.is_none() {
-                m.first_error = Some(format!("{}: {e}", display_key(key)));
-            }
-        }
-    }
+    let mut m = Measurement {
+        errors: tally.errors.len() as u64,
+        first_error: tally.errors.iter().next().map(|(k, e)| format!("{}: {e}", display_key(k))),
+        ..Default::default()
+    };
     if source.aggregate == Aggregate::NamespaceCoverage {
-        return coverage(source, results, index, visibility, max_offenders, m);
+        return coverage(source, tally, index, visibility, max_offenders, m);
     }
-    let mut total = Acc::default();
-    let mut tenants: BTreeMap<&str, Acc> = BTreeMap::new();
-    for (key, r) in results {
-        total.add(r);
-        if let Some(t) = &r.tenant {
-            tenants.entry(t).or_default().add(r);
-        }
-        // Offenders: population members that fail (only meaningful when there is a `passes`).
-        if r.in_population && !r.passes && source.aggregate != Aggregate::Count {
-            m.offenders_total += 1;
-            if m.offenders.len() < max_offenders {
-                m.offenders.push(offender(&source.kind.kind, key, r.tenant.clone()));
-            }
-        }
+    m.value = tally.total.value(source.aggregate);
+    m.population = tally.total.population;
+    m.passing = tally.total.passing;
+    m.tenants = tally.tenants.iter().map(|(t, acc)| (t.clone(), acc.value(source.aggregate))).collect();
+    // Offenders only mean something when objects can fail (not for Count).
+    if source.aggregate != Aggregate::Count {
+        m.offenders_total = tally.failing.len() as u64;
+        m.offenders = tally
+            .failing
+            .iter()
+            .take(max_offenders)
+            .map(|k| offender(&source.kind.kind, k, tally.results.get(k).and_then(|r| r.tenant.clone())))
+            .collect();
     }
-    m.value = total.value(source.aggregate);
-    m.population = total.population;
-    m.passing = total.passing;
-    m.tenants = tenants.into_iter().map(|(t, acc)| (t.to_string(), acc.value(source.aggregate))).collect();
     m
 }
 
 fn coverage(
     source: &CompiledKubernetes,
-    results: &BTreeMap<ObjectKey, ObjectResult>,
+    tally: &Tally,
     index: &ObjectIndex,
     visibility: &Visibility,
     max_offenders: usize,
     mut m: Measurement,
 ) -> Measurement {
-    let covered: std::collections::BTreeSet<&str> = results
-        .iter()
-        .filter(|(_, r)| r.in_population && r.passes)
-        .map(|(k, _)| k.namespace.as_str())
-        .collect();
     let mut total = Acc::default();
     let mut tenants: BTreeMap<String, Acc> = BTreeMap::new();
     for ns in source.selected_namespaces(index, visibility) {
-        let passes = covered.contains(ns.name.as_str());
+        let passes = tally.passing_per_namespace.contains_key(&ns.name);
         let r = ObjectResult { tenant: None, in_population: true, passes, value: None, error: None };
         total.add(&r);
-        tenants.entry(ns.tenant(source.tenant_label()).to_string()).or_default().add(&r);
+        let tenant = ns.tenant(source.tenant_label());
+        tenants.entry(tenant.to_string()).or_default().add(&r);
         if !passes {
             m.offenders_total += 1;
             if m.offenders.len() < max_offenders {
                 let key = ObjectKey { namespace: String::new(), name: ns.name.clone() };
-                m.offenders.push(offender(
-                    "Namespace",
-                    &key,
-                    Some(ns.tenant(source.tenant_label()).to_string()),
-                ));
+                m.offenders.push(offender("Namespace", &key, Some(tenant.to_string())));
             }
         }
     }
@@ -158,4 +254,47 @@ fn offender(kind: &str, key: &ObjectKey, tenant: Option<String>) -> Offender {
 
 fn display_key(key: &ObjectKey) -> String {
     if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(tenant: &str, passes: bool, value: Option<f64>) -> Option<ObjectResult> {
+        Some(ObjectResult { tenant: Some(tenant.into()), in_population: true, passes, value, error: None })
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey { namespace: ns.into(), name: name.into() }
+    }
+
+    #[test]
+    fn removal_restores_min_max_and_counts() {
+        let mut t = Tally::default();
+        t.set(key("a", "1"), r("x", true, Some(5.0)));
+        t.set(key("a", "2"), r("x", false, Some(1.0)));
+        t.set(key("b", "3"), r("y", true, Some(9.0)));
+        assert_eq!(t.total.value(Aggregate::Min), Some(1.0));
+        assert_eq!(t.total.value(Aggregate::Max), Some(9.0));
+        t.set(key("a", "2"), None);
+        t.set(key("b", "3"), r("y", false, Some(3.0)));
+        assert_eq!(t.total.value(Aggregate::Min), Some(3.0));
+        assert_eq!(t.total.value(Aggregate::Max), Some(5.0));
+        assert_eq!((t.total.population, t.total.passing), (2, 1));
+        assert_eq!(t.failing.iter().collect::<Vec<_>>(), vec![&key("b", "3")]);
+        // Rebuilding from scratch gives the same totals.
+        let mut fresh = Tally::default();
+        for (k, v) in t.results.clone() {
+            fresh.set(k, Some(v));
+        }
+        assert_eq!(fresh, t);
+    }
+
+    #[test]
+    fn empty_tenants_disappear() {
+        let mut t = Tally::default();
+        t.set(key("a", "1"), r("x", true, None));
+        t.set(key("a", "1"), None);
+        assert!(t.tenants.is_empty() && t.is_empty());
+    }
 }

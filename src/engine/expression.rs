@@ -11,6 +11,8 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program, Value};
 
+use super::shared::Shared;
+
 /// Variables every expression may use.
 pub const VARIABLES: [&str; 4] = ["object", "namespace", "tenant", "now"];
 
@@ -299,12 +301,13 @@ pub fn to_val(json: &serde_json::Value) -> Box<dyn Val> {
             }
         }
         serde_json::Value::String(s) => Box::new(CelString::from(s.clone())),
-        serde_json::Value::Array(a) => Box::new(CelList::from(a.iter().map(to_val).collect::<Vec<_>>())),
-        serde_json::Value::Object(m) => Box::new(CelMap::from(
-            m.iter()
-                .map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v)))
-                .collect::<std::collections::HashMap<_, _>>(),
-        )),
+        // Containers are shared so the interpreter's copies (comprehension variables) are O(1).
+        serde_json::Value::Array(a) => {
+            Box::new(Shared::new(Box::new(CelList::from(a.iter().map(to_val).collect::<Vec<_>>()))))
+        }
+        serde_json::Value::Object(m) => Box::new(Shared::new(Box::new(CelMap::from(
+            m.iter().map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v))).collect::<std::collections::HashMap<_, _>>(),
+        )))),
     }
 }
 

@@ -2,12 +2,12 @@
 //! and aggregate. Per-object results are kept so that a change to one object re-evaluates
 //! only that object.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cel::Context;
 use cel::common::value::Val;
 
+use super::aggregate::Tally;
 use super::expression::{
     CompileError, Expression, Variables, null_val, root_context, string_val, timestamp_val,
 };
@@ -210,47 +210,37 @@ impl CompiledKubernetes {
     }
 
     /// Evaluates every object of the kind; None when the kind is not observed.
-    pub fn evaluate_all(
-        &self,
-        pass: &Pass,
-        index: &ObjectIndex,
-        visibility: &Visibility,
-    ) -> Option<BTreeMap<ObjectKey, ObjectResult>> {
+    pub fn evaluate_all(&self, pass: &Pass, index: &ObjectIndex, visibility: &Visibility) -> Option<Tally> {
         let table: &Arc<_> = index.objects(&self.kind)?;
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         Some(with_scope(scope, || {
-            table
-                .iter()
-                .filter_map(|(k, o)| Some((k.clone(), self.evaluate_object(pass, index, o, visibility)?)))
-                .collect()
+            let mut tally = Tally::default();
+            for (k, o) in table.iter() {
+                if let Some(r) = self.evaluate_object(pass, index, o, visibility) {
+                    tally.set(k.clone(), Some(r));
+                }
+            }
+            tally
         }))
     }
 
-    /// Re-evaluates the objects in `keys` only (after watch events), updating `results`.
+    /// Re-evaluates the objects in `keys` only (after watch events), updating `tally`.
     pub fn evaluate_changed(
         &self,
         pass: &Pass,
         index: &ObjectIndex,
         visibility: &Visibility,
         keys: &[ObjectKey],
-        results: &mut BTreeMap<ObjectKey, ObjectResult>,
+        tally: &mut Tally,
     ) {
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         with_scope(scope, || {
             for key in keys {
-                match index
-                    .get(&self.kind, key)
-                    .and_then(|o| self.evaluate_object(pass, index, o, visibility))
-                {
-                    Some(r) => {
-                        results.insert(key.clone(), r);
-                    }
-                    None => {
-                        results.remove(key);
-                    }
-                }
+                let result =
+                    index.get(&self.kind, key).and_then(|o| self.evaluate_object(pass, index, o, visibility));
+                tally.set(key.clone(), result);
             }
         })
     }

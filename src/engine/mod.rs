@@ -7,13 +7,14 @@ pub mod kubernetes;
 pub mod lookup;
 pub mod objects;
 pub mod selector;
+pub mod shared;
 pub mod state;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{self, EXPRESSION_VALID, NewCondition, READY, SOURCE_AVAILABLE};
 use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantValue};
-pub use aggregate::Measurement;
+pub use aggregate::{Measurement, Tally};
 pub use expression::CompileError;
 pub use kubernetes::{CompiledKubernetes, ObjectResult, Pass, Visibility};
 pub use objects::{Kind, ObjectIndex, ObjectKey};

@@ -326,7 +326,7 @@ fn incremental_update_matches_full_evaluation() {
         ObjectKey { namespace: "b1".into(), name: "p4".into() },
     ];
     k.evaluate_changed(&pass, &idx, &Visibility::Cluster, &changed, &mut results);
-    assert_eq!(results, k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap());
+    assert_eq!(results, k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(), "same results and totals");
     let m = aggregate::measure(&k, &results, &idx, &Visibility::Cluster, MAX_OFFENDERS);
     assert_eq!(m.value, Some(100.0));
 }
