@@ -1,6 +1,7 @@
 //! Engine benchmarks (SPEC targets): 100 metrics over 50,000 pods in 5,000 namespaces.
 //! - full evaluation of all 100 metrics (one core);
 //! - re-evaluation of all 100 metrics after one pod changes (incremental).
+//!
 //! Figures and the machine go to BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -14,7 +15,7 @@ const NAMESPACES: usize = 5_000;
 const PODS: usize = 50_000;
 const METRICS: usize = 100;
 
-fn setup() -> (ObjectIndex, Vec<Box<engine::CompiledKubernetes>>) {
+fn setup() -> (ObjectIndex, Vec<engine::CompiledKubernetes>) {
     let mut index = ObjectIndex::default();
     let ns_kind = Kind::new("v1", "Namespace");
     let pod_kind = Kind::new("v1", "Pod");
@@ -24,7 +25,7 @@ fn setup() -> (ObjectIndex, Vec<Box<engine::CompiledKubernetes>>) {
         .map(|i| {
             let spec: SecurityMetricSpec = serde_json::from_value(synthetic::metric_spec(i)).unwrap();
             match engine::compile(&spec).unwrap() {
-                CompiledSource::Kubernetes(k) => k,
+                CompiledSource::Kubernetes(k) => *k,
                 CompiledSource::Unsupported(_) => unreachable!(),
             }
         })
@@ -43,7 +44,7 @@ fn bench(c: &mut Criterion) {
             let pass = Pass::new(chrono::Utc::now());
             for m in &metrics {
                 let results = m.evaluate_all(&pass, &index, &vis).unwrap();
-                std::hint::black_box(aggregate::measure(m, &results, &index, &vis, engine::MAX_OFFENDERS));
+                std::hint::black_box(aggregate::measure(m, &results, engine::MAX_OFFENDERS));
             }
         })
     });
@@ -60,10 +61,11 @@ fn bench(c: &mut Criterion) {
             pod["metadata"]["name"] = serde_json::json!(format!("pod-{i:06}"));
             pod["metadata"]["namespace"] = serde_json::json!(format!("ns-{:05}", i % NAMESPACES));
             index.apply(&pod_kind, pod);
-            let key = ObjectKey { namespace: format!("ns-{:05}", i % NAMESPACES), name: format!("pod-{i:06}") };
+            let key =
+                ObjectKey { namespace: format!("ns-{:05}", i % NAMESPACES), name: format!("pod-{i:06}") };
             for (m, r) in metrics.iter().zip(results.iter_mut()) {
                 m.evaluate_changed(&pass, &index, &vis, std::slice::from_ref(&key), r);
-                std::hint::black_box(aggregate::measure(m, r, &index, &vis, engine::MAX_OFFENDERS));
+                std::hint::black_box(aggregate::measure(m, r, engine::MAX_OFFENDERS));
             }
         })
     });

@@ -16,9 +16,9 @@ pub fn pod(i: usize, namespaces: usize) -> Value {
         .map(|c| {
             json!({
                 "name": format!("c{c}"),
-                "image": if i % 7 == 0 { format!("registry.example.com/app{c}:latest") } else { format!("registry.example.com/app{c}:1.{}", i % 10) },
-                "resources": if i % 5 == 0 { json!({}) } else { json!({"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}}) },
-                "securityContext": {"readOnlyRootFilesystem": i % 4 != 0, "allowPrivilegeEscalation": i % 6 == 0},
+                "image": if i.is_multiple_of(7) { format!("registry.example.com/app{c}:latest") } else { format!("registry.example.com/app{c}:1.{}", i % 10) },
+                "resources": if i.is_multiple_of(5) { json!({}) } else { json!({"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}}) },
+                "securityContext": {"readOnlyRootFilesystem": !i.is_multiple_of(4), "allowPrivilegeEscalation": i.is_multiple_of(6)},
                 "ports": [{"containerPort": 8080, "protocol": "TCP"}],
                 "env": [{"name": "MODE", "value": "prod"}, {"name": "LEVEL", "value": "info"}],
             })
@@ -30,14 +30,14 @@ pub fn pod(i: usize, namespaces: usize) -> Value {
             "name": format!("pod-{i:06}"), "namespace": format!("ns-{:05}", i % namespaces),
             "uid": format!("00000000-0000-0000-0000-{i:012}"), "resourceVersion": format!("{}", 1000 + i),
             "creationTimestamp": "2026-11-01T00:00:00Z",
-            "labels": {"app": format!("app-{}", i % 100), "owner": if i % 9 == 0 { Value::Null } else { json!("team") }},
+            "labels": {"app": format!("app-{}", i % 100), "owner": if i.is_multiple_of(9) { Value::Null } else { json!("team") }},
             "annotations": {"example.com/checksum": "abcdef0123456789"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("rs-{}", i / 3), "uid": "x", "controller": true}],
         },
         "spec": {
-            "securityContext": if i % 3 == 0 { json!({}) } else { json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}) },
-            "serviceAccountName": if i % 8 == 0 { "default" } else { "app" },
-            "automountServiceAccountToken": i % 2 == 0,
+            "securityContext": if i.is_multiple_of(3) { json!({}) } else { json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}) },
+            "serviceAccountName": if i.is_multiple_of(8) { "default" } else { "app" },
+            "automountServiceAccountToken": i.is_multiple_of(2),
             "containers": containers,
             "nodeName": format!("node-{}", i % 100),
         },
@@ -48,14 +48,34 @@ pub fn pod(i: usize, namespaces: usize) -> Value {
 /// Ten kinds of pod metric, each instantiated with several thresholds: 100 distinct metrics.
 pub fn metric_spec(i: usize) -> Value {
     let (passes, aggregate, value) = match i % 10 {
-        0 => ("has(object.spec.securityContext.runAsNonRoot) && object.spec.securityContext.runAsNonRoot", "Ratio", None),
-        1 => ("object.spec.containers.all(c, has(c.resources.limits) && 'cpu' in c.resources.limits && 'memory' in c.resources.limits)", "Ratio", None),
+        0 => (
+            "has(object.spec.securityContext.runAsNonRoot) && object.spec.securityContext.runAsNonRoot",
+            "Ratio",
+            None,
+        ),
+        1 => (
+            "object.spec.containers.all(c, has(c.resources.limits) && 'cpu' in c.resources.limits && 'memory' in c.resources.limits)",
+            "Ratio",
+            None,
+        ),
         2 => ("object.spec.containers.all(c, !c.image.endsWith(':latest'))", "Ratio", None),
-        3 => ("object.spec.containers.all(c, has(c.securityContext.readOnlyRootFilesystem) && c.securityContext.readOnlyRootFilesystem)", "Ratio", None),
+        3 => (
+            "object.spec.containers.all(c, has(c.securityContext.readOnlyRootFilesystem) && c.securityContext.readOnlyRootFilesystem)",
+            "Ratio",
+            None,
+        ),
         4 => ("object.spec.serviceAccountName != 'default'", "CountFailing", None),
-        5 => ("!has(object.spec.automountServiceAccountToken) || !object.spec.automountServiceAccountToken", "Ratio", None),
+        5 => (
+            "!has(object.spec.automountServiceAccountToken) || !object.spec.automountServiceAccountToken",
+            "Ratio",
+            None,
+        ),
         6 => ("has(object.metadata.labels.owner)", "NamespaceCoverage", None),
-        7 => ("object.spec.containers.all(c, !has(c.securityContext.allowPrivilegeEscalation) || !c.securityContext.allowPrivilegeEscalation)", "Ratio", None),
+        7 => (
+            "object.spec.containers.all(c, !has(c.securityContext.allowPrivilegeEscalation) || !c.securityContext.allowPrivilegeEscalation)",
+            "Ratio",
+            None,
+        ),
         8 => ("true", "Sum", Some("size(object.spec.containers)")),
         _ => ("object.spec.containers.exists(c, c.image.startsWith('registry.example.com/'))", "Ratio", None),
     };

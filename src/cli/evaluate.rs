@@ -117,8 +117,12 @@ fn evaluate_parallel(
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(m) = metrics.get(i) else { break };
                         let ns = m.metadata.namespace.clone().unwrap_or_default();
-                        let outcome = engine::evaluate_once(&m.spec, index, &engine::visibility(&ns, platform), now);
-                        mine.push((i, engine::build_status(&m.spec, m.metadata.generation, None, &outcome, now_time)));
+                        let outcome =
+                            engine::evaluate_once(&m.spec, index, &engine::visibility(&ns, platform), now);
+                        mine.push((
+                            i,
+                            engine::build_status(&m.spec, m.metadata.generation, None, &outcome, now_time),
+                        ));
                     }
                     mine
                 })

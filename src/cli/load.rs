@@ -44,7 +44,10 @@ pub enum LoadError {
 /// Like [`load`], but hands each document to `visit` as soon as it is parsed. JSON files are
 /// streamed: the items of a `List` are parsed one at a time and never held together, so a
 /// cluster dump of any size costs the memory of one item plus what `visit` keeps.
-pub fn visit(paths: &[PathBuf], mut visit: impl FnMut(Document) -> Result<(), LoadError>) -> Result<(), LoadError> {
+pub fn visit(
+    paths: &[PathBuf],
+    mut visit: impl FnMut(Document) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
     let mut files = Vec::new();
     for p in paths {
         collect(p, &mut files)?;
@@ -72,7 +75,10 @@ fn starts_with_brace(path: &Path) -> Result<bool, LoadError> {
 }
 
 /// Streams one JSON document: a List's items one by one, or the single object.
-fn stream_json(path: &Path, visit: &mut dyn FnMut(Document) -> Result<(), LoadError>) -> Result<(), LoadError> {
+fn stream_json(
+    path: &Path,
+    visit: &mut dyn FnMut(Document) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
     use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
     struct Top<'a> {
@@ -306,7 +312,11 @@ mod tests {
     #[test]
     fn streamed_json_lists_and_single_objects() {
         let dir = tempfile::tempdir().unwrap();
-        let list = write(dir.path(), "list.json", r#" {"apiVersion": "v1", "items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}], "kind": "List"}"#);
+        let list = write(
+            dir.path(),
+            "list.json",
+            r#" {"apiVersion": "v1", "items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}], "kind": "List"}"#,
+        );
         let single = write(dir.path(), "one.json", r#"{"kind": "Pod", "metadata": {"name": "c"}}"#);
         let mut names = Vec::new();
         visit(&[list, single], |d| {

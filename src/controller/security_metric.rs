@@ -267,13 +267,9 @@ async fn evaluate(client: &Client, recorder: &Recorder, observed: &Observed, e: 
                     }
                     e.full = false;
                     match &e.results {
-                        Some(results) => Outcome::Measured(aggregate::measure(
-                            k,
-                            results,
-                            &index,
-                            &e.visibility,
-                            engine::MAX_OFFENDERS,
-                        )),
+                        Some(results) => {
+                            Outcome::Measured(aggregate::measure(k, results, engine::MAX_OFFENDERS))
+                        }
                         None => Outcome::SourceUnavailable {
                             reason: "KindNotObserved".into(),
                             message: format!("{} is not observed", k.kind),

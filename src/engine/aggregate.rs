@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::kubernetes::{CompiledKubernetes, ObjectResult, Visibility};
-use super::objects::{ObjectIndex, ObjectKey};
+use super::kubernetes::{CompiledKubernetes, ObjectResult};
+use super::objects::ObjectKey;
 use crate::api::security_metric::{Aggregate, Offender};
 
 /// A measurement before it is judged against the objective.
@@ -108,15 +108,30 @@ impl Acc {
 pub struct Tally {
     results: BTreeMap<ObjectKey, ObjectResult>,
     total: Acc,
-    tenants: BTreeMap<String, Acc>,
+    tenants: BTreeMap<std::sync::Arc<str>, Acc>,
     /// Population members that fail, in (namespace, name) order: the offenders.
     failing: BTreeSet<ObjectKey>,
     errors: BTreeMap<ObjectKey, String>,
     /// Passing objects per namespace, for NamespaceCoverage.
     passing_per_namespace: HashMap<String, u64>,
+    /// The namespaces in scope and their tenants, for NamespaceCoverage (set on full
+    /// evaluations; namespace changes always cause one).
+    namespaces: Vec<(String, std::sync::Arc<str>)>,
 }
 
 impl Tally {
+    /// Builds a tally from results in key order (a bulk load: no per-insert search).
+    pub fn from_sorted(results: impl Iterator<Item = (ObjectKey, ObjectResult)>) -> Self {
+        let mut tally = Tally::default();
+        let mut ordered = Vec::new();
+        for (k, r) in results {
+            tally.account(&k, &r, true);
+            ordered.push((k, r));
+        }
+        tally.results = ordered.into_iter().collect();
+        tally
+    }
+
     /// Sets (or, with None, removes) the result of one object, updating the totals.
     pub fn set(&mut self, key: ObjectKey, result: Option<ObjectResult>) {
         if let Some(old) = self.results.remove(&key) {
@@ -162,6 +177,11 @@ impl Tally {
         }
     }
 
+    /// Records the namespaces in scope (NamespaceCoverage).
+    pub fn set_namespaces(&mut self, namespaces: Vec<(String, std::sync::Arc<str>)>) {
+        self.namespaces = namespaces;
+    }
+
     /// The per-object results.
     pub fn results(&self) -> &BTreeMap<ObjectKey, ObjectResult> {
         &self.results
@@ -180,25 +200,19 @@ impl Tally {
 
 /// Reads the measurement from a tally. NamespaceCoverage counts namespaces instead of
 /// objects: a namespace passes when it holds at least one passing object.
-pub fn measure(
-    source: &CompiledKubernetes,
-    tally: &Tally,
-    index: &ObjectIndex,
-    visibility: &Visibility,
-    max_offenders: usize,
-) -> Measurement {
+pub fn measure(source: &CompiledKubernetes, tally: &Tally, max_offenders: usize) -> Measurement {
     let mut m = Measurement {
         errors: tally.errors.len() as u64,
         first_error: tally.errors.iter().next().map(|(k, e)| format!("{}: {e}", display_key(k))),
         ..Default::default()
     };
     if source.aggregate == Aggregate::NamespaceCoverage {
-        return coverage(source, tally, index, visibility, max_offenders, m);
+        return coverage(tally, max_offenders, m);
     }
     m.value = tally.total.value(source.aggregate);
     m.population = tally.total.population;
     m.passing = tally.total.passing;
-    m.tenants = tally.tenants.iter().map(|(t, acc)| (t.clone(), acc.value(source.aggregate))).collect();
+    m.tenants = tally.tenants.iter().map(|(t, acc)| (t.to_string(), acc.value(source.aggregate))).collect();
     // Offenders only mean something when objects can fail (not for Count).
     if source.aggregate != Aggregate::Count {
         m.offenders_total = tally.failing.len() as u64;
@@ -206,32 +220,30 @@ pub fn measure(
             .failing
             .iter()
             .take(max_offenders)
-            .map(|k| offender(&source.kind.kind, k, tally.results.get(k).and_then(|r| r.tenant.clone())))
+            .map(|k| {
+                offender(
+                    &source.kind.kind,
+                    k,
+                    tally.results.get(k).and_then(|r| r.tenant.as_deref().map(String::from)),
+                )
+            })
             .collect();
     }
     m
 }
 
-fn coverage(
-    source: &CompiledKubernetes,
-    tally: &Tally,
-    index: &ObjectIndex,
-    visibility: &Visibility,
-    max_offenders: usize,
-    mut m: Measurement,
-) -> Measurement {
+fn coverage(tally: &Tally, max_offenders: usize, mut m: Measurement) -> Measurement {
     let mut total = Acc::default();
-    let mut tenants: BTreeMap<String, Acc> = BTreeMap::new();
-    for ns in source.selected_namespaces(index, visibility) {
-        let passes = tally.passing_per_namespace.contains_key(&ns.name);
+    let mut tenants: BTreeMap<&str, Acc> = BTreeMap::new();
+    for (ns, tenant) in &tally.namespaces {
+        let passes = tally.passing_per_namespace.contains_key(ns);
         let r = ObjectResult { tenant: None, in_population: true, passes, value: None, error: None };
         total.add(&r);
-        let tenant = ns.tenant(source.tenant_label());
-        tenants.entry(tenant.to_string()).or_default().add(&r);
+        tenants.entry(tenant).or_default().add(&r);
         if !passes {
             m.offenders_total += 1;
             if m.offenders.len() < max_offenders {
-                let key = ObjectKey { namespace: String::new(), name: ns.name.clone() };
+                let key = ObjectKey { namespace: String::new(), name: ns.clone() };
                 m.offenders.push(offender("Namespace", &key, Some(tenant.to_string())));
             }
         }
@@ -239,7 +251,10 @@ fn coverage(
     m.value = total.value(Aggregate::NamespaceCoverage);
     m.population = total.population;
     m.passing = total.passing;
-    m.tenants = tenants.into_iter().map(|(t, acc)| (t, acc.value(Aggregate::NamespaceCoverage))).collect();
+    m.tenants = tenants
+        .into_iter()
+        .map(|(t, acc)| (t.to_string(), acc.value(Aggregate::NamespaceCoverage)))
+        .collect();
     m
 }
 

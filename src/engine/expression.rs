@@ -306,7 +306,9 @@ pub fn to_val(json: &serde_json::Value) -> Box<dyn Val> {
             Box::new(Shared::new(Box::new(CelList::from(a.iter().map(to_val).collect::<Vec<_>>()))))
         }
         serde_json::Value::Object(m) => Box::new(Shared::new(Box::new(CelMap::from(
-            m.iter().map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v))).collect::<std::collections::HashMap<_, _>>(),
+            m.iter()
+                .map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v)))
+                .collect::<std::collections::HashMap<_, _>>(),
         )))),
     }
 }

@@ -33,7 +33,7 @@ pub struct CompiledKubernetes {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectResult {
     /// The object's tenant (its namespace's tenant; None when cluster-scoped).
-    pub tenant: Option<String>,
+    pub tenant: Option<Arc<str>>,
     /// Whether `where` held (or there is none).
     pub in_population: bool,
     /// Whether `passes` held. False when it errored: an error is never a pass.
@@ -43,6 +43,9 @@ pub struct ObjectResult {
     /// The first error on this object.
     pub error: Option<String>,
 }
+
+/// Each namespace's tenant, resolved once per evaluation pass (as a string and a CEL value).
+type TenantCache = std::collections::HashMap<String, (Arc<str>, Box<dyn Val>)>;
 
 /// Where the evaluation may look: everything (platform namespaces) or one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +154,7 @@ impl CompiledKubernetes {
         index: &ObjectIndex,
         obj: &CachedObject,
         visibility: &Visibility,
+        tenants: &mut TenantCache,
     ) -> Option<ObjectResult> {
         let ns = if obj.key.namespace.is_empty() {
             // Cluster-scoped objects are invisible to a confined metric.
@@ -171,16 +175,22 @@ impl CompiledKubernetes {
         if self.selector.as_ref().is_some_and(|s| !s.matches(&obj.labels)) {
             return None;
         }
-        let tenant = match (ns, obj.key.namespace.is_empty()) {
-            (_, true) => None,
-            (Some(ns), _) => Some(ns.tenant(&self.tenant_label).to_string()),
-            (None, _) => Some(obj.key.namespace.clone()),
+        let (tenant, tenant_val) = if obj.key.namespace.is_empty() {
+            (None, pass.null.as_ref())
+        } else {
+            if !tenants.contains_key(&obj.key.namespace) {
+                let t: Arc<str> =
+                    ns.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(&obj.key.namespace).into();
+                let v = string_val(&t);
+                tenants.insert(obj.key.namespace.clone(), (t, v));
+            }
+            let (t, v) = &tenants[&obj.key.namespace];
+            (Some(t.clone()), &**v)
         };
-        let tenant_val = tenant.as_deref().map(string_val).unwrap_or_else(null_val);
         let vars = Variables {
             object: obj.val.as_ref(),
             namespace: ns.map(|n| n.val.as_ref()).unwrap_or(pass.null.as_ref()),
-            tenant: tenant_val.as_ref(),
+            tenant: tenant_val,
             now: pass.now.as_ref(),
         };
         let mut error = None;
@@ -215,11 +225,16 @@ impl CompiledKubernetes {
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         Some(with_scope(scope, || {
-            let mut tally = Tally::default();
-            for (k, o) in table.iter() {
-                if let Some(r) = self.evaluate_object(pass, index, o, visibility) {
-                    tally.set(k.clone(), Some(r));
-                }
+            let mut tenants = TenantCache::new();
+            let mut tally = Tally::from_sorted(table.iter().filter_map(|(k, o)| {
+                Some((k.clone(), self.evaluate_object(pass, index, o, visibility, &mut tenants)?))
+            }));
+            if self.aggregate == Aggregate::NamespaceCoverage {
+                tally.set_namespaces(
+                    self.selected_namespaces(index, visibility)
+                        .map(|ns| (ns.name.clone(), Arc::from(ns.tenant(&self.tenant_label))))
+                        .collect(),
+                );
             }
             tally
         }))
@@ -237,9 +252,11 @@ impl CompiledKubernetes {
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         with_scope(scope, || {
+            let mut tenants = TenantCache::new();
             for key in keys {
-                let result =
-                    index.get(&self.kind, key).and_then(|o| self.evaluate_object(pass, index, o, visibility));
+                let result = index
+                    .get(&self.kind, key)
+                    .and_then(|o| self.evaluate_object(pass, index, o, visibility, &mut tenants));
                 tally.set(key.clone(), result);
             }
         })

@@ -207,9 +207,7 @@ pub fn evaluate_once(
                     reason: "KindNotObserved".into(),
                     message: format!("{} is not observed", k.kind),
                 },
-                Some(results) => {
-                    Outcome::Measured(aggregate::measure(&k, &results, index, visibility, MAX_OFFENDERS))
-                }
+                Some(results) => Outcome::Measured(aggregate::measure(&k, &results, MAX_OFFENDERS)),
             }
         }
     }

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use cel::common::traits::{
-    Adder, Comparer, Container, Divider, Indexer, Iterable, Modder, Multiplier, Negator, Sizer, Subtractor, Zeroer,
+    Adder, Comparer, Container, Divider, Indexer, Iterable, Modder, Multiplier, Negator, Sizer, Subtractor,
+    Zeroer,
 };
 use cel::common::types::{DYN_TYPE, Type};
 use cel::common::value::{Builtin, BuiltinRef, Val};
@@ -139,4 +140,3 @@ impl Val for Shared {
         self.0.clone_as_boxed().into_builtin()
     }
 }
-

@@ -47,7 +47,7 @@ fn evaluate(spec: &SecurityMetricSpec, idx: &ObjectIndex, vis: Visibility) -> Se
     let CompiledSource::Kubernetes(k) = compile(spec).unwrap() else { panic!() };
     let pass = Pass::new(chrono::Utc::now());
     let results = k.evaluate_all(&pass, idx, &vis).expect("kind observed");
-    let m = aggregate::measure(&k, &results, idx, &vis, MAX_OFFENDERS);
+    let m = aggregate::measure(&k, &results, MAX_OFFENDERS);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     build_status(spec, Some(1), None, &Outcome::Measured(m), &now)
 }
@@ -326,8 +326,12 @@ fn incremental_update_matches_full_evaluation() {
         ObjectKey { namespace: "b1".into(), name: "p4".into() },
     ];
     k.evaluate_changed(&pass, &idx, &Visibility::Cluster, &changed, &mut results);
-    assert_eq!(results, k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(), "same results and totals");
-    let m = aggregate::measure(&k, &results, &idx, &Visibility::Cluster, MAX_OFFENDERS);
+    assert_eq!(
+        results,
+        k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(),
+        "same results and totals"
+    );
+    let m = aggregate::measure(&k, &results, MAX_OFFENDERS);
     assert_eq!(m.value, Some(100.0));
 }
 
@@ -342,13 +346,7 @@ fn status_unchanged_ignores_evaluation_time() {
     let first = evaluate(&s, &idx, Visibility::Cluster);
     let CompiledSource::Kubernetes(k) = compile(&s).unwrap() else { panic!() };
     let pass = Pass::new(chrono::Utc::now());
-    let m = aggregate::measure(
-        &k,
-        &k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(),
-        &idx,
-        &Visibility::Cluster,
-        20,
-    );
+    let m = aggregate::measure(&k, &k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(), 20);
     let later = Time(k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(60));
     let second = build_status(&s, Some(1), Some(&first), &Outcome::Measured(m), &later);
     assert!(!status_changed(&first, &second));

@@ -1,0 +1,84 @@
+//! The chart's RBAC is read-only except for exactly what the operator writes, and the
+//! rendered Deployment is hardened (SPEC §3). Needs the helm built by scripts/setup.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn render(args: &[&str]) -> Option<Vec<Value>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let helm = root.join("tests/cluster/bin/helm");
+    if !helm.exists() {
+        assert!(
+            std::env::var_os("SECMETRICS_E2E_KUBECONFIG").is_none(),
+            "helm is missing although the test suite was set up (scripts/setup builds it)"
+        );
+        eprintln!("chart test skipped: {} not built (run scripts/setup)", helm.display());
+        return None;
+    }
+    let out = Command::new(helm)
+        .args(["template", "secmetrics"])
+        .arg(root.join("charts/secmetrics"))
+        .args(["--namespace", "secmetrics-system", "--kube-version", "1.36.3"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    Some(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name}"))
+}
+
+#[test]
+fn cluster_role_is_read_only_but_for_status_and_events() {
+    let Some(docs) = render(&[]) else { return };
+    let role = find(&docs, "ClusterRole", "secmetrics");
+    for rule in role["rules"].as_array().unwrap() {
+        let verbs: Vec<&str> =
+            rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let resources: Vec<&str> =
+            rule["resources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(!verbs.contains(&"*") && !resources.contains(&"*"), "no wildcards: {rule}");
+        assert!(
+            !resources.contains(&"secrets") && !resources.contains(&"configmaps"),
+            "no Secret access by default: {rule}"
+        );
+        match resources.as_slice() {
+            ["securitymetrics/status"] => assert_eq!(verbs, ["patch"]),
+            ["events"] => assert_eq!(verbs, ["create", "patch"]),
+            _ => assert!(verbs.iter().all(|v| ["get", "list", "watch"].contains(v)), "read-only: {rule}"),
+        }
+    }
+    // Extra observed kinds come only from the value.
+    let Some(docs) = render(&[
+        "--set",
+        "rbac.extraObserve[0].apiGroups[0]=aquasecurity.github.io",
+        "--set",
+        "rbac.extraObserve[0].resources[0]=vulnerabilityreports",
+    ]) else {
+        return;
+    };
+    let rules = find(&docs, "ClusterRole", "secmetrics")["rules"].to_string();
+    assert!(rules.contains("vulnerabilityreports"));
+}
+
+#[test]
+fn deployment_runs_hardened() {
+    let Some(docs) = render(&["--set", "platformNamespaces={secmetrics-system,platform}"]) else { return };
+    let deploy = find(&docs, "Deployment", "secmetrics");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let args = c["args"].to_string();
+    assert!(args.contains("--platform-namespace=platform"), "{args}");
+}
