@@ -110,13 +110,38 @@ pub struct Tally {
     total: Acc,
     tenants: BTreeMap<std::sync::Arc<str>, Acc>,
     /// Population members that fail, in (namespace, name) order: the offenders.
-    failing: BTreeSet<ObjectKey>,
+    failing: BTreeMap<ObjectKey, Option<std::sync::Arc<str>>>,
     errors: BTreeMap<ObjectKey, String>,
     /// Passing objects per namespace, for NamespaceCoverage.
     passing_per_namespace: HashMap<String, u64>,
-    /// The namespaces in scope and their tenants, for NamespaceCoverage (set on full
-    /// evaluations; namespace changes always cause one).
-    namespaces: Vec<(String, std::sync::Arc<str>)>,
+    /// NamespaceCoverage: the namespaces in scope (set on full evaluations; namespace
+    /// changes always cause one), kept up to date as objects start or stop passing.
+    coverage: Option<Coverage>,
+}
+
+/// Running NamespaceCoverage totals.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Coverage {
+    /// Namespace → tenant, for every namespace in scope.
+    namespaces: HashMap<String, std::sync::Arc<str>>,
+    /// Namespaces in scope without a passing object, in name order (the offenders).
+    uncovered: BTreeSet<String>,
+    /// Tenant → (namespaces, covered namespaces).
+    tenants: BTreeMap<std::sync::Arc<str>, (u64, u64)>,
+}
+
+impl Coverage {
+    fn covered(&mut self, ns: &str, covered: bool) {
+        let Some(tenant) = self.namespaces.get(ns) else { return };
+        let counts = self.tenants.entry(tenant.clone()).or_default();
+        if covered {
+            self.uncovered.remove(ns);
+            counts.1 += 1;
+        } else {
+            self.uncovered.insert(ns.to_string());
+            counts.1 -= 1;
+        }
+    }
 }
 
 impl Tally {
@@ -157,13 +182,19 @@ impl Tally {
         let passing = r.in_population && r.passes;
         if add {
             if failing {
-                self.failing.insert(key.clone());
+                self.failing.insert(key.clone(), r.tenant.clone());
             }
             if let Some(e) = &r.error {
                 self.errors.insert(key.clone(), e.clone());
             }
             if passing {
-                *self.passing_per_namespace.entry(key.namespace.clone()).or_default() += 1;
+                let n = self.passing_per_namespace.entry(key.namespace.clone()).or_default();
+                *n += 1;
+                if *n == 1
+                    && let Some(c) = &mut self.coverage
+                {
+                    c.covered(&key.namespace, true);
+                }
             }
         } else {
             self.failing.remove(key);
@@ -172,14 +203,29 @@ impl Tally {
                 *n -= 1;
                 if *n == 0 {
                     self.passing_per_namespace.remove(&key.namespace);
+                    if let Some(c) = &mut self.coverage {
+                        c.covered(&key.namespace, false);
+                    }
                 }
             }
         }
     }
 
-    /// Records the namespaces in scope (NamespaceCoverage).
-    pub fn set_namespaces(&mut self, namespaces: Vec<(String, std::sync::Arc<str>)>) {
-        self.namespaces = namespaces;
+    /// Records the namespaces in scope and their tenants (NamespaceCoverage).
+    pub fn set_namespaces(&mut self, namespaces: impl Iterator<Item = (String, std::sync::Arc<str>)>) {
+        let mut c = Coverage::default();
+        for (ns, tenant) in namespaces {
+            let covered = self.passing_per_namespace.contains_key(&ns);
+            let counts = c.tenants.entry(tenant.clone()).or_default();
+            counts.0 += 1;
+            if covered {
+                counts.1 += 1;
+            } else {
+                c.uncovered.insert(ns.clone());
+            }
+            c.namespaces.insert(ns, tenant);
+        }
+        self.coverage = Some(c);
     }
 
     /// The per-object results.
@@ -220,40 +266,29 @@ pub fn measure(source: &CompiledKubernetes, tally: &Tally, max_offenders: usize)
             .failing
             .iter()
             .take(max_offenders)
-            .map(|k| {
-                offender(
-                    &source.kind.kind,
-                    k,
-                    tally.results.get(k).and_then(|r| r.tenant.as_deref().map(String::from)),
-                )
-            })
+            .map(|(k, tenant)| offender(&source.kind.kind, k, tenant.as_deref().map(String::from)))
             .collect();
     }
     m
 }
 
 fn coverage(tally: &Tally, max_offenders: usize, mut m: Measurement) -> Measurement {
-    let mut total = Acc::default();
-    let mut tenants: BTreeMap<&str, Acc> = BTreeMap::new();
-    for (ns, tenant) in &tally.namespaces {
-        let passes = tally.passing_per_namespace.contains_key(ns);
-        let r = ObjectResult { tenant: None, in_population: true, passes, value: None, error: None };
-        total.add(&r);
-        tenants.entry(tenant).or_default().add(&r);
-        if !passes {
-            m.offenders_total += 1;
-            if m.offenders.len() < max_offenders {
-                let key = ObjectKey { namespace: String::new(), name: ns.clone() };
-                m.offenders.push(offender("Namespace", &key, Some(tenant.to_string())));
-            }
-        }
-    }
-    m.value = total.value(Aggregate::NamespaceCoverage);
-    m.population = total.population;
-    m.passing = total.passing;
-    m.tenants = tenants
-        .into_iter()
-        .map(|(t, acc)| (t.to_string(), acc.value(Aggregate::NamespaceCoverage)))
+    let Some(c) = &tally.coverage else { return m };
+    let pct = |covered: u64, total: u64| (total > 0).then(|| covered as f64 * 100.0 / total as f64);
+    m.population = c.namespaces.len() as u64;
+    m.passing = m.population - c.uncovered.len() as u64;
+    m.value = pct(m.passing, m.population);
+    m.tenants =
+        c.tenants.iter().map(|(t, (total, covered))| (t.to_string(), pct(*covered, *total))).collect();
+    m.offenders_total = c.uncovered.len() as u64;
+    m.offenders = c
+        .uncovered
+        .iter()
+        .take(max_offenders)
+        .map(|ns| {
+            let key = ObjectKey { namespace: String::new(), name: ns.clone() };
+            offender("Namespace", &key, c.namespaces.get(ns).map(|t| t.to_string()))
+        })
         .collect();
     m
 }
@@ -296,7 +331,7 @@ mod tests {
         assert_eq!(t.total.value(Aggregate::Min), Some(3.0));
         assert_eq!(t.total.value(Aggregate::Max), Some(5.0));
         assert_eq!((t.total.population, t.total.passing), (2, 1));
-        assert_eq!(t.failing.iter().collect::<Vec<_>>(), vec![&key("b", "3")]);
+        assert_eq!(t.failing.keys().collect::<Vec<_>>(), vec![&key("b", "3")]);
         // Rebuilding from scratch gives the same totals.
         let mut fresh = Tally::default();
         for (k, v) in t.results.clone() {

@@ -232,8 +232,7 @@ impl CompiledKubernetes {
             if self.aggregate == Aggregate::NamespaceCoverage {
                 tally.set_namespaces(
                     self.selected_namespaces(index, visibility)
-                        .map(|ns| (ns.name.clone(), Arc::from(ns.tenant(&self.tenant_label))))
-                        .collect(),
+                        .map(|ns| (ns.name.clone(), Arc::from(ns.tenant(&self.tenant_label)))),
                 );
             }
             tally

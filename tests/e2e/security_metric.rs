@@ -319,3 +319,61 @@ async fn idle_cluster_gets_one_heartbeat_per_interval() {
         writes.iter().map(|m| m.status.as_ref().unwrap().state).collect();
     assert_eq!(states.len(), 1, "nothing but lastEvaluated changes on an idle cluster");
 }
+
+#[tokio::test]
+async fn config_maps_are_observed_as_metadata_only() {
+    let Some(env) = harness::setup("metaonly").await else { return };
+    env.install_crds().await;
+    operator::install_chart_rbac(&env);
+    // Grant ConfigMaps as a platform team would with rbac.extraObserve (its own role, so the
+    // chart's default stays as the other tests expect).
+    let grant = format!("{}-configmaps", env.namespace);
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(env.admin.clone());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(env.admin.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": grant},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    bindings
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": grant},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant},
+            "subjects": [{"kind": "ServiceAccount", "name": "secmetrics", "namespace": "secmetrics-system"}]})).unwrap())
+        .await
+        .unwrap();
+    let _op = operator::start(&env, &[]);
+    let ns = env.namespace.clone();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = env.api();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+        "metadata": {"name": "settings", "labels": {"owner": "team-a"}}, "data": {"password": "hunter2"}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    create(
+        &env,
+        &owner_label_metric(
+            &ns,
+            "cm-data",
+            json!({"source": {"kubernetes": {
+        "resource": {"apiVersion": "v1", "kind": "ConfigMap"},
+        "where": "object.metadata.name == 'settings'",
+        "passes": "has(object.data)", "aggregate": "CountPassing"}}}),
+        ),
+    )
+    .await;
+    create(&env, &owner_label_metric(&ns, "cm-labels", json!({"source": {"kubernetes": {
+        "resource": {"apiVersion": "v1", "kind": "ConfigMap"}, "where": "object.metadata.name == 'settings'"}}}))).await;
+    let data = status_where(&env, &ns, "cm-data", "evaluated", |s| s.population == Some(1)).await;
+    assert_eq!(data.value, Some(0.0), "the operator must never see ConfigMap data");
+    let labels = status_where(&env, &ns, "cm-labels", "evaluated", |s| s.population == Some(1)).await;
+    assert_eq!(labels.value, Some(100.0), "metadata (labels) is observed");
+    bindings.delete(&grant, &DeleteParams::default()).await.unwrap();
+    roles.delete(&grant, &DeleteParams::default()).await.unwrap();
+}
