@@ -76,8 +76,11 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
     watches.ensure(&BTreeSet::new());
 
     let metrics_api: Api<SecurityMetric> = Api::all(client.clone());
-    let mut metric_events =
-        watcher(metrics_api, watcher::Config::default()).default_backoff().applied_or_deleted().boxed();
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &settings.metric_selector {
+        config = config.labels(selector);
+    }
+    let mut metric_events = watcher(metrics_api, config).default_backoff().applied_or_deleted().boxed();
     let mut entries: HashMap<(String, String), Entry> = HashMap::new();
 
     loop {
