@@ -84,7 +84,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
 
     let now = chrono::Utc::now();
     let now_time = Time(k8s_openapi::jiff::Timestamp::now());
-    let statuses = evaluate_parallel(&metrics, &index, &args.platform_namespaces, now, &now_time);
+    let statuses = evaluate_parallel(
+        &metrics,
+        &index,
+        &args.platform_namespaces,
+        now,
+        &now_time,
+        engine::DEFAULT_EVALUATION_BUDGET,
+    );
     let mut exit = 0;
     for (m, status) in metrics.iter_mut().zip(statuses) {
         if !matches!(status.state, MetricState::Compliant | MetricState::Warning) {
@@ -104,6 +111,7 @@ fn evaluate_parallel(
     platform: &[String],
     now: chrono::DateTime<chrono::Utc>,
     now_time: &Time,
+    budget: std::time::Duration,
 ) -> Vec<SecurityMetricStatus> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(metrics.len().max(1));
@@ -117,8 +125,13 @@ fn evaluate_parallel(
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(m) = metrics.get(i) else { break };
                         let ns = m.metadata.namespace.clone().unwrap_or_default();
-                        let outcome =
-                            engine::evaluate_once(&m.spec, index, &engine::visibility(&ns, platform), now);
+                        let outcome = engine::evaluate_once(
+                            &m.spec,
+                            index,
+                            &engine::visibility(&ns, platform),
+                            now,
+                            budget,
+                        );
                         mine.push((
                             i,
                             engine::build_status(&m.spec, m.metadata.generation, None, &outcome, now_time),

@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Wait this long after an object change before re-evaluating (collects bursts).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Longest one metric's full evaluation may run; beyond it the evaluation stops and the
+    /// metric reports ExpressionValid=False (CostLimitExceeded).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub evaluation_budget: Duration,
     /// Manage only the SecurityMetrics matching this label selector (sharding, canaries).
     #[arg(long)]
     pub metric_selector: Option<String>,
@@ -71,6 +75,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         platform_namespaces: args.platform_namespaces.clone(),
         debounce: args.debounce,
         metric_selector: args.metric_selector.clone(),
+        evaluation_budget: args.evaluation_budget,
     };
     info!(platform_namespaces = ?settings.platform_namespaces, "secmetrics controller starting");
     ready.store(true, Ordering::Relaxed);

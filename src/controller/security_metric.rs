@@ -37,6 +37,8 @@ pub struct Settings {
     pub debounce: Duration,
     /// Only metrics matching this label selector.
     pub metric_selector: Option<String>,
+    /// Longest a metric's full evaluation may run before it is stopped and reported.
+    pub evaluation_budget: Duration,
 }
 
 struct Entry {
@@ -108,7 +110,7 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
                 for key in due {
                     if let Some(entry) = entries.get_mut(&key) {
-                        evaluate(&client, &recorder, &observed, entry).await;
+                        evaluate(&client, &recorder, &observed, entry, settings.evaluation_budget).await;
                     }
                 }
             }
@@ -234,7 +236,13 @@ fn readiness(observed: &Observed, kinds: &[Kind]) -> Readiness {
     Readiness::Ready
 }
 
-async fn evaluate(client: &Client, recorder: &Recorder, observed: &Observed, e: &mut Entry) {
+async fn evaluate(
+    client: &Client,
+    recorder: &Recorder,
+    observed: &Observed,
+    e: &mut Entry,
+    budget: Duration,
+) {
     let interval = engine::interval(&e.spec);
     let started = Instant::now();
     let outcome = match &e.compiled {
@@ -253,30 +261,32 @@ async fn evaluate(client: &Client, recorder: &Recorder, observed: &Observed, e: 
             }
             Readiness::Ready => {
                 let index = observed.snapshot();
-                let pass = Pass::new(chrono::Utc::now());
+                let pass = Pass::with_budget(chrono::Utc::now(), budget);
                 // CEL evaluation is CPU-bound: keep it off the async worker's cooperative budget.
                 let full = e.full || Instant::now() >= e.next_full;
                 tokio::task::block_in_place(|| {
+                    let mut failed = None;
                     match (&mut e.results, full) {
                         (Some(results), false) => {
                             let keys: Vec<_> = std::mem::take(&mut e.changed).into_iter().collect();
                             k.evaluate_changed(&pass, &index, &e.visibility, &keys, results);
                         }
                         _ => {
-                            e.results = k.evaluate_all(&pass, &index, &e.visibility);
                             e.changed.clear();
                             e.next_full = Instant::now() + interval;
+                            e.results = k
+                                .evaluate_all(&pass, &index, &e.visibility)
+                                .map_err(|err| failed = Some(err))
+                                .ok();
                         }
                     }
                     e.full = false;
-                    match &e.results {
-                        Some(results) => {
+                    match (&e.results, failed) {
+                        (Some(results), _) => {
                             Outcome::Measured(aggregate::measure(k, results, engine::MAX_OFFENDERS))
                         }
-                        None => Outcome::SourceUnavailable {
-                            reason: "KindNotObserved".into(),
-                            message: format!("{} is not observed", k.kind),
-                        },
+                        (None, Some(err)) => err.into(),
+                        (None, None) => unreachable!("a tally or an error"),
                     }
                 })
             }

@@ -69,13 +69,32 @@ pub struct Pass {
     root: Context<'static, 'static>,
     now: Box<dyn Val>,
     null: Box<dyn Val>,
+    budget: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 impl Pass {
-    /// A pass at time `now`.
+    /// A pass at time `now`, without a time budget.
     pub fn new(now: chrono::DateTime<chrono::Utc>) -> Self {
-        Pass { root: root_context(), now: timestamp_val(now), null: null_val() }
+        Pass { root: root_context(), now: timestamp_val(now), null: null_val(), budget: None }
     }
+
+    /// A pass whose full evaluations stop once `budget` has elapsed (from now).
+    pub fn with_budget(now: chrono::DateTime<chrono::Utc>, budget: std::time::Duration) -> Self {
+        Pass { budget: Some((std::time::Instant::now() + budget, budget)), ..Pass::new(now) }
+    }
+}
+
+/// Why a full evaluation produced no tally.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvaluationError {
+    /// The kind is not in the index at all.
+    #[error("{0} is not observed")]
+    KindNotObserved(Kind),
+    /// The time budget ran out: the expressions are too expensive for this many objects.
+    #[error(
+        "evaluation stopped after {evaluated} of {total} objects: it exceeded its time budget of {budget:?}; simplify where, passes or value"
+    )]
+    TimeBudgetExceeded { budget: std::time::Duration, evaluated: usize, total: usize },
 }
 
 impl CompiledKubernetes {
@@ -219,24 +238,45 @@ impl CompiledKubernetes {
         Some(ObjectResult { tenant, in_population, passes, value, error })
     }
 
-    /// Evaluates every object of the kind; None when the kind is not observed.
-    pub fn evaluate_all(&self, pass: &Pass, index: &ObjectIndex, visibility: &Visibility) -> Option<Tally> {
-        let table: &Arc<_> = index.objects(&self.kind)?;
+    /// Evaluates every object of the kind, within the pass's time budget.
+    pub fn evaluate_all(
+        &self,
+        pass: &Pass,
+        index: &ObjectIndex,
+        visibility: &Visibility,
+    ) -> Result<Tally, EvaluationError> {
+        let table: &Arc<_> =
+            index.objects(&self.kind).ok_or_else(|| EvaluationError::KindNotObserved(self.kind.clone()))?;
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
-        Some(with_scope(scope, || {
+        with_scope(scope, || {
             let mut tenants = TenantCache::new();
-            let mut tally = Tally::from_sorted(table.iter().filter_map(|(k, o)| {
-                Some((k.clone(), self.evaluate_object(pass, index, o, visibility, &mut tenants)?))
-            }));
+            let mut results = Vec::with_capacity(table.len());
+            for (i, (k, o)) in table.iter().enumerate() {
+                // The budget is checked between objects; one object's cost is bounded statically.
+                if i % 256 == 255
+                    && let Some((deadline, budget)) = pass.budget
+                    && std::time::Instant::now() > deadline
+                {
+                    return Err(EvaluationError::TimeBudgetExceeded {
+                        budget,
+                        evaluated: i,
+                        total: table.len(),
+                    });
+                }
+                if let Some(r) = self.evaluate_object(pass, index, o, visibility, &mut tenants) {
+                    results.push((k.clone(), r));
+                }
+            }
+            let mut tally = Tally::from_sorted(results.into_iter());
             if self.aggregate == Aggregate::NamespaceCoverage {
                 tally.set_namespaces(
                     self.selected_namespaces(index, visibility)
                         .map(|ns| (ns.name.clone(), Arc::from(ns.tenant(&self.tenant_label)))),
                 );
             }
-            tally
-        }))
+            Ok(tally)
+        })
     }
 
     /// Re-evaluates the objects in `keys` only (after watch events), updating `tally`.

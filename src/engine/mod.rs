@@ -16,7 +16,7 @@ use crate::api::conditions::{self, EXPRESSION_VALID, NewCondition, READY, SOURCE
 use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantValue};
 pub use aggregate::{Measurement, Tally};
 pub use expression::CompileError;
-pub use kubernetes::{CompiledKubernetes, ObjectResult, Pass, Visibility};
+pub use kubernetes::{CompiledKubernetes, EvaluationError, ObjectResult, Pass, Visibility};
 pub use objects::{Kind, ObjectIndex, ObjectKey};
 
 /// Default evaluation interval.
@@ -74,7 +74,23 @@ pub enum Outcome {
     SourceUnavailable { reason: String, message: String },
     /// An expression or selector is invalid.
     Invalid(CompileError),
+    /// The expressions were stopped by the evaluation time budget.
+    TooExpensive(String),
 }
+
+impl From<EvaluationError> for Outcome {
+    fn from(e: EvaluationError) -> Self {
+        match e {
+            EvaluationError::KindNotObserved(_) => {
+                Outcome::SourceUnavailable { reason: "KindNotObserved".into(), message: e.to_string() }
+            }
+            EvaluationError::TimeBudgetExceeded { .. } => Outcome::TooExpensive(e.to_string()),
+        }
+    }
+}
+
+/// Default time budget of one metric's full evaluation.
+pub const DEFAULT_EVALUATION_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Builds the status for `outcome`, keeping timestamps from `previous` where nothing changed.
 pub fn build_status(
@@ -102,6 +118,11 @@ pub fn build_status(
                 "not evaluated: the spec is invalid",
             );
             ready = NewCondition::new(READY, false, "InvalidSpec", e.to_string());
+        }
+        Outcome::TooExpensive(message) => {
+            expr_ok = NewCondition::new(EXPRESSION_VALID, false, "CostLimitExceeded", message.clone());
+            source_ok = NewCondition::new(SOURCE_AVAILABLE, true, "Observed", "the source was read");
+            ready = NewCondition::new(READY, false, "CostLimitExceeded", message.clone());
         }
         Outcome::SourceUnavailable { reason, message } => {
             expr_ok = NewCondition::new(EXPRESSION_VALID, true, "Compiled", "all expressions compiled");
@@ -194,6 +215,7 @@ pub fn evaluate_once(
     index: &ObjectIndex,
     visibility: &Visibility,
     now: chrono::DateTime<chrono::Utc>,
+    budget: std::time::Duration,
 ) -> Outcome {
     match compile(spec) {
         Err(e) => Outcome::Invalid(e),
@@ -201,13 +223,10 @@ pub fn evaluate_once(
             Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: why.into() }
         }
         Ok(CompiledSource::Kubernetes(k)) => {
-            let pass = Pass::new(now);
+            let pass = Pass::with_budget(now, budget);
             match k.evaluate_all(&pass, index, visibility) {
-                None => Outcome::SourceUnavailable {
-                    reason: "KindNotObserved".into(),
-                    message: format!("{} is not observed", k.kind),
-                },
-                Some(results) => Outcome::Measured(aggregate::measure(&k, &results, MAX_OFFENDERS)),
+                Err(e) => e.into(),
+                Ok(results) => Outcome::Measured(aggregate::measure(&k, &results, MAX_OFFENDERS)),
             }
         }
     }

@@ -91,3 +91,13 @@ pub fn start(env: &TestEnv, platform_namespaces: &[&str]) -> Operator {
     }
     Operator { child: cmd.spawn().expect("start operator"), log }
 }
+
+/// A test namespace with the CRDs and the chart's RBAC installed and an operator running:
+/// the usual start of a test of the operator's behaviour.
+pub async fn setup(test: &str, platform_namespaces: &[&str]) -> Option<(TestEnv, Operator)> {
+    let env = crate::harness::setup(test).await?;
+    env.install_crds().await;
+    install_chart_rbac(&env);
+    let op = start(&env, platform_namespaces);
+    Some((env, op))
+}

@@ -110,10 +110,7 @@ async fn api_server_rejects_invalid_metrics_with_readable_messages() {
 
 #[tokio::test]
 async fn status_converges_and_follows_object_changes() {
-    let Some(env) = harness::setup("converge").await else { return };
-    env.install_crds().await;
-    operator::install_chart_rbac(&env);
-    let _op = operator::start(&env, &[]);
+    let Some((env, _op)) = operator::setup("converge", &[]).await else { return };
     let ns = env.namespace.clone();
     create_pod(&env, &ns, pod(&ns, "owned", json!({"owner": "team-a"}))).await;
     create_pod(&env, &ns, pod(&ns, "orphan", json!({"app": "x"}))).await;
@@ -177,10 +174,7 @@ async fn status_converges_and_follows_object_changes() {
 
 #[tokio::test]
 async fn invalid_expression_reports_condition_without_crashing() {
-    let Some(env) = harness::setup("badcel").await else { return };
-    env.install_crds().await;
-    operator::install_chart_rbac(&env);
-    let op = operator::start(&env, &[]);
+    let Some((env, op)) = operator::setup("badcel", &[]).await else { return };
     let ns = env.namespace.clone();
     create(
         &env,
@@ -209,10 +203,7 @@ async fn invalid_expression_reports_condition_without_crashing() {
 
 #[tokio::test]
 async fn unobservable_kinds_report_source_unavailable() {
-    let Some(env) = harness::setup("forbidden").await else { return };
-    env.install_crds().await;
-    operator::install_chart_rbac(&env);
-    let _op = operator::start(&env, &[]);
+    let Some((env, _op)) = operator::setup("forbidden", &[]).await else { return };
     let ns = env.namespace.clone();
     // Secrets are not in the chart's default RBAC: the operator may not list them.
     create(
@@ -282,10 +273,7 @@ async fn tenant_metric_cannot_see_another_tenants_objects() {
 
 #[tokio::test]
 async fn idle_cluster_gets_one_heartbeat_per_interval() {
-    let Some(env) = harness::setup("heartbeat").await else { return };
-    env.install_crds().await;
-    operator::install_chart_rbac(&env);
-    let _op = operator::start(&env, &[]);
+    let Some((env, _op)) = operator::setup("heartbeat", &[]).await else { return };
     let ns = env.namespace.clone();
     create_pod(&env, &ns, pod(&ns, "p", json!({"owner": "a"}))).await;
     create(&env, &owner_label_metric(&ns, "idle", json!({"interval": "10s"}))).await;
