@@ -61,8 +61,10 @@ fn bench(c: &mut Criterion) {
             pod["metadata"]["name"] = serde_json::json!(format!("pod-{i:06}"));
             pod["metadata"]["namespace"] = serde_json::json!(format!("ns-{:05}", i % NAMESPACES));
             index.apply(&pod_kind, pod);
-            let key =
-                ObjectKey { namespace: format!("ns-{:05}", i % NAMESPACES), name: format!("pod-{i:06}") };
+            let key = ObjectKey {
+                namespace: format!("ns-{:05}", i % NAMESPACES).into(),
+                name: format!("pod-{i:06}").into(),
+            };
             for (m, r) in metrics.iter().zip(results.iter_mut()) {
                 m.evaluate_changed(&pass, &index, &vis, std::slice::from_ref(&key), r);
                 std::hint::black_box(aggregate::measure(m, r, engine::MAX_OFFENDERS));

@@ -113,7 +113,7 @@ pub struct Tally {
     failing: BTreeMap<ObjectKey, Option<std::sync::Arc<str>>>,
     errors: BTreeMap<ObjectKey, String>,
     /// Passing objects per namespace, for NamespaceCoverage.
-    passing_per_namespace: HashMap<String, u64>,
+    passing_per_namespace: HashMap<std::sync::Arc<str>, u64>,
     /// NamespaceCoverage: the namespaces in scope (set on full evaluations; namespace
     /// changes always cause one), kept up to date as objects start or stop passing.
     coverage: Option<Coverage>,
@@ -215,7 +215,7 @@ impl Tally {
     pub fn set_namespaces(&mut self, namespaces: impl Iterator<Item = (String, std::sync::Arc<str>)>) {
         let mut c = Coverage::default();
         for (ns, tenant) in namespaces {
-            let covered = self.passing_per_namespace.contains_key(&ns);
+            let covered = self.passing_per_namespace.contains_key(ns.as_str());
             let counts = c.tenants.entry(tenant.clone()).or_default();
             counts.0 += 1;
             if covered {
@@ -286,7 +286,7 @@ fn coverage(tally: &Tally, max_offenders: usize, mut m: Measurement) -> Measurem
         .iter()
         .take(max_offenders)
         .map(|ns| {
-            let key = ObjectKey { namespace: String::new(), name: ns.clone() };
+            let key = ObjectKey { namespace: "".into(), name: ns.as_str().into() };
             offender("Namespace", &key, c.namespaces.get(ns).map(|t| t.to_string()))
         })
         .collect();
@@ -296,14 +296,14 @@ fn coverage(tally: &Tally, max_offenders: usize, mut m: Measurement) -> Measurem
 fn offender(kind: &str, key: &ObjectKey, tenant: Option<String>) -> Offender {
     Offender {
         kind: kind.to_string(),
-        namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
-        name: key.name.clone(),
+        namespace: (!key.namespace.is_empty()).then(|| key.namespace.to_string()),
+        name: key.name.to_string(),
         tenant,
     }
 }
 
 fn display_key(key: &ObjectKey) -> String {
-    if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) }
+    if key.namespace.is_empty() { key.name.to_string() } else { format!("{}/{}", key.namespace, key.name) }
 }
 
 #[cfg(test)]

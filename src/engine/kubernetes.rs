@@ -45,7 +45,7 @@ pub struct ObjectResult {
 }
 
 /// Each namespace's tenant, resolved once per evaluation pass (as a string and a CEL value).
-type TenantCache = std::collections::HashMap<String, (Arc<str>, Box<dyn Val>)>;
+type TenantCache = std::collections::HashMap<Arc<str>, (Arc<str>, Box<dyn Val>)>;
 
 /// Where the evaluation may look: everything (platform namespaces) or one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl CompiledKubernetes {
         } else {
             let ns = index.namespace(&obj.key.namespace);
             match (ns, visibility.confined_to()) {
-                (_, Some(c)) if c != obj.key.namespace => return None,
+                (_, Some(c)) if *c != *obj.key.namespace => return None,
                 (Some(ns), _) if !self.namespace_selected(ns, visibility) => return None,
                 // Namespace not (yet) known: selected only when no namespaceSelector asks for labels.
                 (None, _) if self.namespace_selector.is_some() => return None,
@@ -199,7 +199,7 @@ impl CompiledKubernetes {
         } else {
             if !tenants.contains_key(&obj.key.namespace) {
                 let t: Arc<str> =
-                    ns.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(&obj.key.namespace).into();
+                    ns.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(&*obj.key.namespace).into();
                 let v = string_val(&t);
                 tenants.insert(obj.key.namespace.clone(), (t, v));
             }

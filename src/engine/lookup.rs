@@ -55,14 +55,11 @@ pub(super) fn lookup_function() -> Function {
             return Err(ExecutionError::invalid_argument_count(4, ftx.args.len()));
         }
         let kind = Kind::new(arg_str(&ftx.args, 0)?, arg_str(&ftx.args, 1)?);
-        let key = ObjectKey {
-            namespace: arg_str(&ftx.args, 2)?.to_string(),
-            name: arg_str(&ftx.args, 3)?.to_string(),
-        };
+        let key = ObjectKey { namespace: arg_str(&ftx.args, 2)?.into(), name: arg_str(&ftx.args, 3)?.into() };
         let found: Option<Box<dyn Val>> = SCOPE.with(|s| {
             let s = s.borrow();
             let scope = s.as_ref()?;
-            if scope.confine_to.as_ref().is_some_and(|ns| *ns != key.namespace) {
+            if scope.confine_to.as_ref().is_some_and(|ns| **ns != *key.namespace) {
                 return None;
             }
             scope.index.get(&kind, &key).map(|o| o.val.clone_as_boxed())

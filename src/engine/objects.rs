@@ -36,10 +36,11 @@ impl std::fmt::Display for Kind {
 }
 
 /// Namespace (empty for cluster-scoped objects) and name: the order offenders are listed in.
+/// Shared strings: every metric's results refer to the same key without copying it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 /// One observed object, ready for evaluation.
@@ -80,8 +81,8 @@ impl CachedObject {
     pub fn new(obj: &Json) -> Self {
         let meta = &obj["metadata"];
         let key = ObjectKey {
-            namespace: meta["namespace"].as_str().unwrap_or_default().to_string(),
-            name: meta["name"].as_str().unwrap_or_default().to_string(),
+            namespace: meta["namespace"].as_str().unwrap_or_default().into(),
+            name: meta["name"].as_str().unwrap_or_default().into(),
         };
         let labels = string_map(&meta["labels"]);
         CachedObject { key, labels, val: to_val(obj) }
@@ -150,7 +151,7 @@ impl ObjectIndex {
     /// Removes an object.
     pub fn delete(&mut self, kind: &Kind, key: &ObjectKey) {
         if kind.api_version == "v1" && kind.kind == "Namespace" {
-            Arc::make_mut(&mut self.namespaces).remove(&key.name);
+            Arc::make_mut(&mut self.namespaces).remove(&*key.name);
         }
         if let Some(table) = self.kinds.get_mut(kind) {
             Arc::make_mut(table).remove(key);

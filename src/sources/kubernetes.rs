@@ -184,8 +184,8 @@ fn to_json<K: serde::Serialize>(ev: watcher::Event<K>) -> watcher::Event<Json> {
 
 fn key_of(obj: &Json) -> ObjectKey {
     ObjectKey {
-        namespace: obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
-        name: obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+        namespace: obj["metadata"]["namespace"].as_str().unwrap_or_default().into(),
+        name: obj["metadata"]["name"].as_str().unwrap_or_default().into(),
     }
 }
 
