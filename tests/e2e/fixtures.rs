@@ -3,25 +3,17 @@
 use secmetrics::api::SecurityMetric;
 use serde_json::{Value, json};
 
-/// A valid SecurityMetric observing pods: percent running as non-root.
+/// A valid SecurityMetric with no namespace or labels (no test operator manages it): the
+/// owner-label metric below with a non-root `passes`.
 pub fn non_root_metric(name: &str) -> Value {
-    json!({
-        "apiVersion": "secmetrics.io/v1alpha1",
-        "kind": "SecurityMetric",
-        "metadata": {"name": name},
-        "spec": {
-            "displayName": "Pods running as non-root",
-            "description": "Share of pods whose containers all run as a non-root user.",
-            "type": "Technical",
-            "category": "AccessControl",
-            "owner": {"team": "platform", "responsibility": "ApplicationProvider"},
-            "source": {"kubernetes": {
-                "resource": {"apiVersion": "v1", "kind": "Pod"},
-                "passes": "has(object.spec.securityContext) && has(object.spec.securityContext.runAsNonRoot) && object.spec.securityContext.runAsNonRoot == true"
-            }},
-            "objective": {"operator": ">=", "target": 90, "warning": 80}
-        }
-    })
+    let mut m = owner_label_metric(
+        "",
+        name,
+        json!({"source": {"kubernetes": {"passes":
+        "has(object.spec.securityContext) && has(object.spec.securityContext.runAsNonRoot) && object.spec.securityContext.runAsNonRoot == true"}}}),
+    );
+    m["metadata"] = json!({"name": name});
+    m
 }
 
 /// Deserializes a fixture into the typed resource.
