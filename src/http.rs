@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::warn;
 
-/// Serves probes on `listener` until the process ends. `ready` flips once caches are synced.
+/// Serves probes on `listener` until the process ends. `ready` flips once the controller has
+/// checked that its CRDs are served and started its watches.
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
@@ -24,7 +25,7 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
             let (code, body) = match path {
                 "/healthz" => ("200 OK", "ok"),
                 "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok"),
-                "/readyz" => ("503 Service Unavailable", "caches not synced"),
+                "/readyz" => ("503 Service Unavailable", "not started"),
                 _ => ("404 Not Found", "not found"),
             };
             let response = format!(

@@ -228,11 +228,6 @@ impl Tally {
         self.coverage = Some(c);
     }
 
-    /// The per-object results.
-    pub fn results(&self) -> &BTreeMap<ObjectKey, ObjectResult> {
-        &self.results
-    }
-
     /// Number of objects with a result.
     pub fn len(&self) -> usize {
         self.results.len()

@@ -72,19 +72,9 @@ impl Expression {
         Ok(Expression { field, source: source.to_string(), program, lookups: check.lookups })
     }
 
-    /// The expression as written.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// The kinds this expression reads with `lookup()`: watched like the observed kind.
     pub fn lookups(&self) -> &[super::objects::Kind] {
         &self.lookups
-    }
-
-    /// The spec field this expression came from.
-    pub fn field(&self) -> &'static str {
-        self.field
     }
 
     /// Evaluates against `vars`.

@@ -193,11 +193,6 @@ impl ObjectIndex {
     pub fn namespaces(&self) -> impl Iterator<Item = &Arc<NamespaceInfo>> {
         self.namespaces.values()
     }
-
-    /// Whether namespaces are observed at all (NamespaceCoverage and namespaceSelector need it).
-    pub fn has_namespaces(&self) -> bool {
-        self.kinds.contains_key(&Kind::new("v1", "Namespace"))
-    }
 }
 
 #[cfg(test)]

@@ -108,12 +108,6 @@ impl Watches {
             }
         }
     }
-
-    /// Whether every watched kind has finished its first list (or failed).
-    pub fn all_settled(&self) -> bool {
-        let kinds = self.observed.kinds.read().expect("kinds lock");
-        self.tasks.keys().all(|k| !matches!(kinds.get(k), Some(KindState::Syncing) | None))
-    }
 }
 
 impl Drop for Watches {
