@@ -206,8 +206,10 @@ pub struct KubernetesSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
     /// CEL (bool): which objects form the population. Default: all selected objects.
-    /// Variables: object, namespace (the namespace's metadata), tenant (string), now (timestamp);
-    /// function lookup(apiVersion, kind, namespace, name).
+    /// Variables: object, namespaceObject (the namespace's name, labels and annotations;
+    /// `namespace` is a reserved word in CEL, so it is spelled as in Kubernetes'
+    /// ValidatingAdmissionPolicy), tenant (string), now (timestamp); function
+    /// lookup(apiVersion, kind, namespace, name).
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub where_: Option<String>,

@@ -5,6 +5,7 @@
 //! listed), never a rescan of every object.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::kubernetes::{CompiledKubernetes, ObjectResult};
 use super::objects::ObjectKey;
@@ -88,6 +89,17 @@ impl Acc {
         }
     }
 
+    /// Adds everything `other` counted.
+    fn merge(&mut self, other: Acc) {
+        self.population += other.population;
+        self.passing += other.passing;
+        self.sum += other.sum;
+        self.value_count += other.value_count;
+        for (v, n) in other.values {
+            *self.values.entry(v).or_default() += n;
+        }
+    }
+
     fn value(&self, aggregate: Aggregate) -> Option<f64> {
         let pct = |num: u64, den: u64| (den > 0).then(|| num as f64 * 100.0 / den as f64);
         match aggregate {
@@ -145,14 +157,52 @@ impl Coverage {
 }
 
 impl Tally {
-    /// Builds a tally from results in key order (a bulk load: no per-insert search).
+    /// Builds a tally from results in key order: a bulk load. Objects come grouped by
+    /// namespace, so tenant and namespace totals are accumulated per run of one namespace and
+    /// the ordered maps are built from sorted input, without a search per object.
     pub fn from_sorted(results: impl Iterator<Item = (ObjectKey, ObjectResult)>) -> Self {
         let mut tally = Tally::default();
         let mut ordered = Vec::new();
+        let mut failing = Vec::new();
+        let mut errors = Vec::new();
+        // The current run: its namespace, tenant, tenant totals and passing objects.
+        let mut run: Option<(ObjectKey, Option<Arc<str>>, Acc, u64)> = None;
+        let flush = |tally: &mut Tally, run: Option<(ObjectKey, Option<Arc<str>>, Acc, u64)>| {
+            let Some((key, tenant, acc, passing)) = run else { return };
+            if let Some(t) = tenant
+                && (acc.population > 0 || !acc.values.is_empty())
+            {
+                tally.tenants.entry(t).or_default().merge(acc);
+            }
+            if passing > 0 {
+                *tally.passing_per_namespace.entry(key.namespace).or_default() += passing;
+            }
+        };
         for (k, r) in results {
-            tally.account(&k, &r, true);
+            let same_run = run.as_ref().is_some_and(|(rk, rt, _, _)| {
+                *rk.namespace == *k.namespace && rt.as_deref() == r.tenant.as_deref()
+            });
+            if !same_run {
+                flush(&mut tally, run.take());
+                run = Some((k.clone(), r.tenant.clone(), Acc::default(), 0));
+            }
+            let (_, _, acc, passing) = run.as_mut().expect("set above");
+            tally.total.add(&r);
+            acc.add(&r);
+            if r.in_population && r.passes {
+                *passing += 1;
+            }
+            if r.in_population && !r.passes {
+                failing.push((k.clone(), r.tenant.clone()));
+            }
+            if let Some(e) = &r.error {
+                errors.push((k.clone(), e.clone()));
+            }
             ordered.push((k, r));
         }
+        flush(&mut tally, run);
+        tally.failing = failing.into_iter().collect();
+        tally.errors = errors.into_iter().collect();
         tally.results = ordered.into_iter().collect();
         tally
     }
@@ -333,6 +383,30 @@ mod tests {
             fresh.set(k, Some(v));
         }
         assert_eq!(fresh, t);
+    }
+
+    #[test]
+    fn bulk_load_equals_one_by_one() {
+        let mut results = Vec::new();
+        for i in 0..200u32 {
+            let ns = format!("ns-{}", i / 7);
+            let tenant = if i % 50 < 3 { None } else { Some(Arc::from(format!("t{}", i / 30))) };
+            let r = ObjectResult {
+                tenant,
+                in_population: i % 11 != 0,
+                passes: i % 3 == 0,
+                value: (i % 4 != 0).then_some(f64::from(i % 9)),
+                error: (i % 13 == 0).then(|| format!("e{i}")),
+            };
+            results.push((key(&ns, &format!("p{i:03}")), r));
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        let bulk = Tally::from_sorted(results.clone().into_iter());
+        let mut one_by_one = Tally::default();
+        for (k, r) in results {
+            one_by_one.set(k, Some(r));
+        }
+        assert_eq!(bulk, one_by_one);
     }
 
     #[test]

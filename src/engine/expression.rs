@@ -4,17 +4,16 @@
 use std::sync::{Arc, LazyLock};
 
 use cel::common::ast::{Expr, IdedExpr};
-use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
-};
+use cel::common::types::{CelNull, CelString};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program, Value};
 
-use super::shared::Shared;
+use super::fast;
+use super::node::Node;
 
 /// Variables every expression may use.
-pub const VARIABLES: [&str; 4] = ["object", "namespace", "tenant", "now"];
+pub const VARIABLES: [&str; 4] = ["object", "namespaceObject", "tenant", "now"];
 
 /// Most AST nodes an expression may have (bounds evaluation cost).
 const MAX_NODES: usize = 1000;
@@ -28,6 +27,8 @@ pub struct Expression {
     field: &'static str,
     source: String,
     program: Program,
+    /// The same expression for the fast evaluator, unless its root is outside its subset.
+    fast: Option<fast::Op>,
     lookups: Vec<super::objects::Kind>,
 }
 
@@ -57,9 +58,15 @@ impl Expression {
     pub fn compile(field: &'static str, source: &str) -> Result<Self, CompileError> {
         let program = ENV.compile(source).map_err(|errs| {
             let first = errs.errors.first();
+            let message = first.map(|e| e.msg.clone()).unwrap_or_else(|| "syntax error".into());
+            let message = if message.ends_with("reserved identifier: namespace") {
+                format!("{message} (`namespace` is a reserved word in CEL: the namespace variable is namespaceObject)")
+            } else {
+                message
+            };
             CompileError {
                 field,
-                message: first.map(|e| e.msg.clone()).unwrap_or_else(|| "syntax error".into()),
+                message,
                 position: first.map(|e| (e.pos.0.max(1) as usize, e.pos.1.max(0) as usize + 1)),
             }
         })?;
@@ -69,7 +76,8 @@ impl Expression {
         if let Some(e) = check.error {
             return Err(e);
         }
-        Ok(Expression { field, source: source.to_string(), program, lookups: check.lookups })
+        let fast = fast::compile(program.expression());
+        Ok(Expression { field, source: source.to_string(), program, fast, lookups: check.lookups })
     }
 
     /// The kinds this expression reads with `lookup()`: watched like the observed kind.
@@ -77,16 +85,37 @@ impl Expression {
         &self.lookups
     }
 
-    /// Evaluates against `vars`.
-    pub fn eval(&self, root: &Context<'_, '_>, vars: &Variables<'_>) -> Result<Value, ExecutionError> {
+    /// Whether the fast evaluator handles (at least the root of) this expression.
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Evaluates with `cel`'s interpreter (the reference semantics).
+    pub fn interpret(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<Value, ExecutionError> {
+        let env = &inputs.env;
+        let object = env.object.to_val();
+        let namespace = env.namespace.map(Node::to_val).unwrap_or_else(null_val);
+        let tenant = env.tenant.map(string_val).unwrap_or_else(null_val);
+        let vars = Variables {
+            object: object.as_ref(),
+            namespace: namespace.as_ref(),
+            tenant: tenant.as_ref(),
+            now: inputs.now,
+        };
         let mut ctx = root.new_inner_scope();
-        ctx.set_variable_resolver(vars);
+        ctx.set_variable_resolver(&vars);
         self.program.execute(&ctx)
     }
 
-    /// Evaluates to a bool; any other type is an error naming the type.
-    pub fn eval_bool(&self, root: &Context<'_, '_>, vars: &Variables<'_>) -> Result<bool, String> {
-        match self.eval(root, vars) {
+    /// Evaluates to a bool; any other type is an error naming the type. The fast evaluator
+    /// answers when it can; otherwise (errors included) the interpreter does.
+    pub fn eval_bool(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<bool, String> {
+        if let Some(op) = &self.fast
+            && let Ok(fast::V::Bool(b)) = fast::eval(op, &inputs.env)
+        {
+            return Ok(b);
+        }
+        match self.interpret(root, inputs) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!("{} must be a bool, got {}", self.field, type_name(&other))),
             Err(e) => Err(format!("{}: {e}", self.field)),
@@ -94,8 +123,16 @@ impl Expression {
     }
 
     /// Evaluates to a number (int, uint or double).
-    pub fn eval_number(&self, root: &Context<'_, '_>, vars: &Variables<'_>) -> Result<f64, String> {
-        match self.eval(root, vars) {
+    pub fn eval_number(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<f64, String> {
+        if let Some(op) = &self.fast {
+            match fast::eval(op, &inputs.env) {
+                Ok(fast::V::Int(i)) => return Ok(i as f64),
+                Ok(fast::V::UInt(u)) => return Ok(u as f64),
+                Ok(fast::V::Double(f)) if f.is_finite() => return Ok(f),
+                _ => {}
+            }
+        }
+        match self.interpret(root, inputs) {
             Ok(Value::Int(i)) => Ok(i as f64),
             Ok(Value::UInt(u)) => Ok(u as f64),
             Ok(Value::Float(f)) if f.is_finite() => Ok(f),
@@ -104,6 +141,14 @@ impl Expression {
             Err(e) => Err(format!("{}: {e}", self.field)),
         }
     }
+}
+
+/// Everything an expression may read in one evaluation.
+pub struct Inputs<'a> {
+    /// `object`, `namespaceObject`, `tenant` and `lookup()`'s view of the cache.
+    pub env: fast::Env<'a>,
+    /// `now`, as the interpreter's timestamp.
+    pub now: &'a dyn Val,
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -256,8 +301,8 @@ fn line_col(source: &str, char_offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The variables of one evaluation, borrowed from the cache: binding them copies nothing.
-pub struct Variables<'a> {
+/// The variables of one interpreter evaluation.
+struct Variables<'a> {
     pub object: &'a dyn Val,
     pub namespace: &'a dyn Val,
     pub tenant: &'a dyn Val,
@@ -268,38 +313,11 @@ impl VariableResolver for Variables<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         match variable {
             "object" => Some(CowVal::Borrowed(self.object)),
-            "namespace" => Some(CowVal::Borrowed(self.namespace)),
+            "namespaceObject" => Some(CowVal::Borrowed(self.namespace)),
             "tenant" => Some(CowVal::Borrowed(self.tenant)),
             "now" => Some(CowVal::Borrowed(self.now)),
             _ => None,
         }
-    }
-}
-
-/// Converts JSON into CEL's value tree. Done once per object version, never per evaluation.
-pub fn to_val(json: &serde_json::Value) -> Box<dyn Val> {
-    match json {
-        serde_json::Value::Null => Box::new(CelNull),
-        serde_json::Value::Bool(b) => Box::new(CelBool::from(*b)),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Box::new(CelInt::from(i))
-            } else if let Some(u) = n.as_u64() {
-                Box::new(CelUInt::from(u))
-            } else {
-                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
-            }
-        }
-        serde_json::Value::String(s) => Box::new(CelString::from(s.clone())),
-        // Containers are shared so the interpreter's copies (comprehension variables) are O(1).
-        serde_json::Value::Array(a) => {
-            Box::new(Shared::new(Box::new(CelList::from(a.iter().map(to_val).collect::<Vec<_>>()))))
-        }
-        serde_json::Value::Object(m) => Box::new(Shared::new(Box::new(CelMap::from(
-            m.iter()
-                .map(|(k, v)| (CelMapKey::from(k.clone()), to_val(v)))
-                .collect::<std::collections::HashMap<_, _>>(),
-        )))),
     }
 }
 
@@ -325,11 +343,12 @@ mod tests {
 
     fn eval(src: &str, object: serde_json::Value) -> Result<Value, ExecutionError> {
         let e = Expression::compile("passes", src).unwrap();
-        let (o, n, t, now) =
-            (to_val(&object), null_val(), string_val("t1"), timestamp_val(chrono::Utc::now()));
-        let vars =
-            Variables { object: o.as_ref(), namespace: n.as_ref(), tenant: t.as_ref(), now: now.as_ref() };
-        e.eval(&root_context(), &vars)
+        let (o, now) = (Node::from(&object), timestamp_val(chrono::Utc::now()));
+        let inputs = Inputs {
+            env: fast::Env { object: &o, namespace: None, tenant: Some("t1"), lookup: &fast::NoObjects },
+            now: now.as_ref(),
+        };
+        e.interpret(&root_context(), &inputs)
     }
 
     #[test]
@@ -349,7 +368,7 @@ mod tests {
         let err = Expression::compile("where", "objetc.spec").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "where: undeclared reference to 'objetc' (variables: object, namespace, tenant, now) at 1:1"
+            "where: undeclared reference to 'objetc' (variables: object, namespaceObject, tenant, now) at 1:1"
         );
         let err = Expression::compile("passes", "object.a &&\n  foo == 1").unwrap_err();
         assert_eq!(err.position, Some((2, 3)));
@@ -365,6 +384,13 @@ mod tests {
         let err = Expression::compile("passes", "lookup(object.apiVersion, 'ConfigMap', 'ns', 'n') == null")
             .unwrap_err();
         assert!(err.message.contains("string literals"), "{err}");
+    }
+
+    #[test]
+    fn the_reserved_word_namespace_gets_a_hint() {
+        let err = Expression::compile("where", "namespace.labels.team == 'a'").unwrap_err();
+        assert!(err.message.contains("the namespace variable is namespaceObject"), "{err}");
+        assert!(Expression::compile("where", "namespaceObject.labels.team == 'a'").is_ok());
     }
 
     #[test]

@@ -8,10 +8,10 @@ use cel::Context;
 use cel::common::value::Val;
 
 use super::aggregate::Tally;
-use super::expression::{
-    CompileError, Expression, Variables, null_val, root_context, string_val, timestamp_val,
-};
+use super::expression::{CompileError, Expression, Inputs, root_context, timestamp_val};
+use super::fast::Env;
 use super::lookup::{LookupScope, with_scope};
+use super::node::Node;
 use super::objects::{CachedObject, Kind, NamespaceInfo, ObjectIndex, ObjectKey};
 use super::selector::Selector;
 use crate::api::security_metric::{Aggregate, DEFAULT_TENANT_LABEL, KubernetesSource};
@@ -44,8 +44,15 @@ pub struct ObjectResult {
     pub error: Option<String>,
 }
 
-/// Each namespace's tenant, resolved once per evaluation pass (as a string and a CEL value).
-type TenantCache = std::collections::HashMap<Arc<str>, (Arc<str>, Box<dyn Val>)>;
+/// What one namespace means for one metric, resolved once per run of its objects (objects
+/// are ordered by namespace, so a full evaluation resolves each namespace once).
+struct NamespaceScope<'a> {
+    name: Arc<str>,
+    /// Whether the metric sees objects in this namespace at all.
+    selected: bool,
+    info: Option<&'a NamespaceInfo>,
+    tenant: Option<Arc<str>>,
+}
 
 /// Where the evaluation may look: everything (platform namespaces) or one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,14 +75,13 @@ impl Visibility {
 pub struct Pass {
     root: Context<'static, 'static>,
     now: Box<dyn Val>,
-    null: Box<dyn Val>,
     budget: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 impl Pass {
     /// A pass at time `now`, without a time budget.
     pub fn new(now: chrono::DateTime<chrono::Utc>) -> Self {
-        Pass { root: root_context(), now: timestamp_val(now), null: null_val(), budget: None }
+        Pass { root: root_context(), now: timestamp_val(now), budget: None }
     }
 
     /// A pass whose full evaluations stop once `budget` has elapsed (from now).
@@ -166,56 +172,54 @@ impl CompiledKubernetes {
         self.namespace_selector.as_ref().is_none_or(|s| s.matches(&ns.labels))
     }
 
-    /// Evaluates one object, or None when it is not selected at all.
-    pub fn evaluate_object(
+    /// Resolves what namespace `name` ("" for cluster-scoped objects) means for this metric.
+    fn namespace_scope<'a>(
+        &self,
+        index: &'a ObjectIndex,
+        name: &Arc<str>,
+        visibility: &Visibility,
+    ) -> NamespaceScope<'a> {
+        if name.is_empty() {
+            // Cluster-scoped objects are invisible to a confined metric.
+            let selected = visibility.confined_to().is_none();
+            return NamespaceScope { name: name.clone(), selected, info: None, tenant: None };
+        }
+        let info = index.namespace(name).map(|ns| &**ns);
+        let selected = match (info, visibility.confined_to()) {
+            (_, Some(c)) if c != &**name => false,
+            (Some(ns), _) => self.namespace_selected(ns, visibility),
+            // Namespace not (yet) known: selected only when no namespaceSelector asks for labels.
+            (None, _) => self.namespace_selector.is_none(),
+        };
+        let tenant = Some(info.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(name).into());
+        NamespaceScope { name: name.clone(), selected, info, tenant }
+    }
+
+    /// Evaluates one object in its namespace's scope, or None when it is not selected at all.
+    fn evaluate_object(
         &self,
         pass: &Pass,
-        index: &ObjectIndex,
         obj: &CachedObject,
-        visibility: &Visibility,
-        tenants: &mut TenantCache,
+        ns: &NamespaceScope<'_>,
+        lookup: &dyn super::fast::Lookup,
     ) -> Option<ObjectResult> {
-        let ns = if obj.key.namespace.is_empty() {
-            // Cluster-scoped objects are invisible to a confined metric.
-            if visibility.confined_to().is_some() {
-                return None;
-            }
-            None
-        } else {
-            let ns = index.namespace(&obj.key.namespace);
-            match (ns, visibility.confined_to()) {
-                (_, Some(c)) if *c != *obj.key.namespace => return None,
-                (Some(ns), _) if !self.namespace_selected(ns, visibility) => return None,
-                // Namespace not (yet) known: selected only when no namespaceSelector asks for labels.
-                (None, _) if self.namespace_selector.is_some() => return None,
-                _ => ns,
-            }
-        };
-        if self.selector.as_ref().is_some_and(|s| !s.matches(&obj.labels)) {
+        if !ns.selected || self.selector.as_ref().is_some_and(|s| !s.matches_node(obj.labels())) {
             return None;
         }
-        let (tenant, tenant_val) = if obj.key.namespace.is_empty() {
-            (None, pass.null.as_ref())
-        } else {
-            if !tenants.contains_key(&obj.key.namespace) {
-                let t: Arc<str> =
-                    ns.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(&*obj.key.namespace).into();
-                let v = string_val(&t);
-                tenants.insert(obj.key.namespace.clone(), (t, v));
-            }
-            let (t, v) = &tenants[&obj.key.namespace];
-            (Some(t.clone()), &**v)
-        };
-        let vars = Variables {
-            object: obj.val.as_ref(),
-            namespace: ns.map(|n| n.val.as_ref()).unwrap_or(pass.null.as_ref()),
-            tenant: tenant_val,
+        let inputs = Inputs {
+            env: Env {
+                object: &obj.node,
+                namespace: ns.info.map(|n| &n.node),
+                tenant: ns.tenant.as_deref(),
+                lookup,
+            },
             now: pass.now.as_ref(),
         };
+        let tenant = ns.tenant.clone();
         let mut error = None;
         let in_population = match &self.where_ {
             None => true,
-            Some(w) => w.eval_bool(&pass.root, &vars).unwrap_or_else(|e| {
+            Some(w) => w.eval_bool(&pass.root, &inputs).unwrap_or_else(|e| {
                 error = Some(e);
                 true
             }),
@@ -225,14 +229,16 @@ impl CompiledKubernetes {
         }
         let passes = match &self.passes {
             None => error.is_none(),
-            Some(p) if error.is_none() => p.eval_bool(&pass.root, &vars).unwrap_or_else(|e| {
+            Some(p) if error.is_none() => p.eval_bool(&pass.root, &inputs).unwrap_or_else(|e| {
                 error = Some(e);
                 false
             }),
             Some(_) => false,
         };
         let value = match &self.value {
-            Some(v) if error.is_none() => v.eval_number(&pass.root, &vars).map_err(|e| error = Some(e)).ok(),
+            Some(v) if error.is_none() => {
+                v.eval_number(&pass.root, &inputs).map_err(|e| error = Some(e)).ok()
+            }
             _ => None,
         };
         Some(ObjectResult { tenant, in_population, passes, value, error })
@@ -249,9 +255,10 @@ impl CompiledKubernetes {
             index.objects(&self.kind).ok_or_else(|| EvaluationError::KindNotObserved(self.kind.clone()))?;
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let lookup = LookupIn { index, visibility };
         with_scope(scope, || {
-            let mut tenants = TenantCache::new();
             let mut results = Vec::with_capacity(table.len());
+            let mut ns: Option<NamespaceScope<'_>> = None;
             for (i, (k, o)) in table.iter().enumerate() {
                 // The budget is checked between objects; one object's cost is bounded statically.
                 if i % 256 == 255
@@ -264,7 +271,11 @@ impl CompiledKubernetes {
                         total: table.len(),
                     });
                 }
-                if let Some(r) = self.evaluate_object(pass, index, o, visibility, &mut tenants) {
+                let scope = match &ns {
+                    Some(s) if Arc::ptr_eq(&s.name, &k.namespace) || s.name == k.namespace => s,
+                    _ => ns.insert(self.namespace_scope(index, &k.namespace, visibility)),
+                };
+                if let Some(r) = self.evaluate_object(pass, o, scope, &lookup) {
                     results.push((k.clone(), r));
                 }
             }
@@ -290,12 +301,13 @@ impl CompiledKubernetes {
     ) {
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let lookup = LookupIn { index, visibility };
         with_scope(scope, || {
-            let mut tenants = TenantCache::new();
             for key in keys {
-                let result = index
-                    .get(&self.kind, key)
-                    .and_then(|o| self.evaluate_object(pass, index, o, visibility, &mut tenants));
+                let result = index.get(&self.kind, key).and_then(|o| {
+                    let ns = self.namespace_scope(index, &key.namespace, visibility);
+                    self.evaluate_object(pass, o, &ns, &lookup)
+                });
                 tally.set(key.clone(), result);
             }
         })
@@ -313,5 +325,21 @@ impl CompiledKubernetes {
     /// The tenant label this metric groups by.
     pub fn tenant_label(&self) -> &str {
         &self.tenant_label
+    }
+}
+
+/// `lookup()` for the fast evaluator: the cached object, confined like the metric.
+struct LookupIn<'a> {
+    index: &'a ObjectIndex,
+    visibility: &'a Visibility,
+}
+
+impl super::fast::Lookup for LookupIn<'_> {
+    fn lookup(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<&Node> {
+        if self.visibility.confined_to().is_some_and(|c| c != namespace) {
+            return None;
+        }
+        let key = ObjectKey { namespace: namespace.into(), name: name.into() };
+        self.index.get(&Kind::new(api_version, kind), &key).map(|o| &o.node)
     }
 }

@@ -62,7 +62,7 @@ pub(super) fn lookup_function() -> Function {
             if scope.confine_to.as_ref().is_some_and(|ns| **ns != *key.namespace) {
                 return None;
             }
-            scope.index.get(&kind, &key).map(|o| o.val.clone_as_boxed())
+            scope.index.get(&kind, &key).map(|o| o.node.to_val())
         });
         Ok(CowVal::Owned(found.unwrap_or_else(|| Box::new(CelNull))))
     })

@@ -3,8 +3,10 @@
 
 pub mod aggregate;
 pub mod expression;
+pub mod fast;
 pub mod kubernetes;
 pub mod lookup;
+pub mod node;
 pub mod objects;
 pub mod selector;
 pub mod shared;

@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use cel::common::value::Val;
 use serde_json::Value as Json;
 
-use super::expression::to_val;
+use super::node::Node;
 
 /// An API kind as `apiVersion` + `kind`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,9 +45,8 @@ pub struct ObjectKey {
 /// One observed object, ready for evaluation.
 pub struct CachedObject {
     pub key: ObjectKey,
-    pub labels: BTreeMap<String, String>,
-    /// The object as CEL sees it (`object`), converted once.
-    pub val: Box<dyn Val>,
+    /// The object (`object` in expressions), in compact form.
+    pub node: Node,
 }
 
 impl std::fmt::Debug for CachedObject {
@@ -84,8 +82,12 @@ impl CachedObject {
             namespace: meta["namespace"].as_str().unwrap_or_default().into(),
             name: meta["name"].as_str().unwrap_or_default().into(),
         };
-        let labels = string_map(&meta["labels"]);
-        CachedObject { key, labels, val: to_val(obj) }
+        CachedObject { key, node: Node::from(obj) }
+    }
+
+    /// The object's labels.
+    pub fn labels(&self) -> Option<&Node> {
+        self.node.get("metadata")?.get("labels")
     }
 }
 
@@ -100,7 +102,8 @@ pub fn string_map(v: &Json) -> BTreeMap<String, String> {
 pub struct NamespaceInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub val: Box<dyn Val>,
+    /// `namespaceObject` in expressions: name, labels and annotations.
+    pub node: Node,
 }
 
 impl NamespaceInfo {
@@ -114,7 +117,7 @@ impl NamespaceInfo {
             "labels": meta.get("labels").cloned().unwrap_or_else(|| serde_json::json!({})),
             "annotations": meta.get("annotations").cloned().unwrap_or_else(|| serde_json::json!({})),
         });
-        NamespaceInfo { name, labels, val: to_val(&view) }
+        NamespaceInfo { name, labels, node: Node::from(&view) }
     }
 
     /// The namespace's tenant: the value of `tenant_label`, or its own name.

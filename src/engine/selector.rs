@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use super::node::Node;
+
 /// A selector that was checked once and can be matched many times.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Selector {
@@ -53,11 +55,20 @@ impl Selector {
 
     /// Whether `labels` satisfy every requirement (an empty selector matches everything).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Like [`Selector::matches`], for labels held as a [`Node`] map (None: no labels).
+    pub fn matches_node(&self, labels: Option<&Node>) -> bool {
+        self.matches_with(|k| labels?.get(k)?.as_str())
+    }
+
+    fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|r| match r {
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::In(k, vs) => label(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::DoesNotExist(k) => label(k).is_none(),
         })
     }
 }
