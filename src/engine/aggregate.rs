@@ -116,30 +116,53 @@ impl Acc {
 }
 
 /// Per-object results of one metric with running totals.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// A full evaluation produces results in key order; they are kept as that sorted vector
+/// (`base`), built without a single key comparison. Later single-object changes go to an
+/// ordered overlay (`delta`) and leave a hole in `base`; the next full evaluation starts over.
+#[derive(Clone, Debug, Default)]
 pub struct Tally {
-    results: BTreeMap<ObjectKey, ObjectResult>,
+    base: Vec<(ObjectKey, Option<ObjectResult>)>,
+    delta: BTreeMap<ObjectKey, ObjectResult>,
+    live: usize,
     total: Acc,
-    tenants: BTreeMap<std::sync::Arc<str>, Acc>,
-    /// Population members that fail, in (namespace, name) order: the offenders.
-    failing: BTreeMap<ObjectKey, Option<std::sync::Arc<str>>>,
+    tenants: BTreeMap<Arc<str>, Acc>,
+    /// Failing population members of `base` (indexes, in key order; holes are skipped) and
+    /// of `delta`: together, the offenders.
+    failing_base: Vec<u32>,
+    failing_delta: BTreeMap<ObjectKey, Option<Arc<str>>>,
+    failing_count: u64,
     errors: BTreeMap<ObjectKey, String>,
     /// Passing objects per namespace, for NamespaceCoverage.
-    passing_per_namespace: HashMap<std::sync::Arc<str>, u64>,
+    passing_per_namespace: HashMap<Arc<str>, u64>,
     /// NamespaceCoverage: the namespaces in scope (set on full evaluations; namespace
     /// changes always cause one), kept up to date as objects start or stop passing.
     coverage: Option<Coverage>,
+}
+
+/// Two tallies are equal when they hold the same results and totals, however they were built.
+impl PartialEq for Tally {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries().eq(other.entries())
+            && self.failing().eq(other.failing())
+            && self.total == other.total
+            && self.tenants == other.tenants
+            && self.failing_count == other.failing_count
+            && self.errors == other.errors
+            && self.passing_per_namespace == other.passing_per_namespace
+            && self.coverage == other.coverage
+    }
 }
 
 /// Running NamespaceCoverage totals.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Coverage {
     /// Namespace → tenant, for every namespace in scope.
-    namespaces: HashMap<String, std::sync::Arc<str>>,
+    namespaces: HashMap<String, Arc<str>>,
     /// Namespaces in scope without a passing object, in name order (the offenders).
     uncovered: BTreeSet<String>,
     /// Tenant → (namespaces, covered namespaces).
-    tenants: BTreeMap<std::sync::Arc<str>, (u64, u64)>,
+    tenants: BTreeMap<Arc<str>, (u64, u64)>,
 }
 
 impl Coverage {
@@ -158,33 +181,30 @@ impl Coverage {
 
 impl Tally {
     /// Builds a tally from results in key order: a bulk load. Objects come grouped by
-    /// namespace, so tenant and namespace totals are accumulated per run of one namespace and
-    /// the ordered maps are built from sorted input, without a search per object.
+    /// namespace, so tenant and namespace totals are accumulated per run of one namespace.
     pub fn from_sorted(results: impl Iterator<Item = (ObjectKey, ObjectResult)>) -> Self {
         let mut tally = Tally::default();
-        let mut ordered = Vec::new();
-        let mut failing = Vec::new();
         let mut errors = Vec::new();
         // The current run: its namespace, tenant, tenant totals and passing objects.
-        let mut run: Option<(ObjectKey, Option<Arc<str>>, Acc, u64)> = None;
-        let flush = |tally: &mut Tally, run: Option<(ObjectKey, Option<Arc<str>>, Acc, u64)>| {
-            let Some((key, tenant, acc, passing)) = run else { return };
+        let mut run: Option<(Arc<str>, Option<Arc<str>>, Acc, u64)> = None;
+        let flush = |tally: &mut Tally, run: Option<(Arc<str>, Option<Arc<str>>, Acc, u64)>| {
+            let Some((namespace, tenant, acc, passing)) = run else { return };
             if let Some(t) = tenant
                 && (acc.population > 0 || !acc.values.is_empty())
             {
                 tally.tenants.entry(t).or_default().merge(acc);
             }
             if passing > 0 {
-                *tally.passing_per_namespace.entry(key.namespace).or_default() += passing;
+                *tally.passing_per_namespace.entry(namespace).or_default() += passing;
             }
         };
         for (k, r) in results {
-            let same_run = run.as_ref().is_some_and(|(rk, rt, _, _)| {
-                *rk.namespace == *k.namespace && rt.as_deref() == r.tenant.as_deref()
+            let same_run = run.as_ref().is_some_and(|(ns, t, _, _)| {
+                (Arc::ptr_eq(ns, &k.namespace) || *ns == k.namespace) && t.as_deref() == r.tenant.as_deref()
             });
             if !same_run {
                 flush(&mut tally, run.take());
-                run = Some((k.clone(), r.tenant.clone(), Acc::default(), 0));
+                run = Some((k.namespace.clone(), r.tenant.clone(), Acc::default(), 0));
             }
             let (_, _, acc, passing) = run.as_mut().expect("set above");
             tally.total.add(&r);
@@ -193,29 +213,54 @@ impl Tally {
                 *passing += 1;
             }
             if r.in_population && !r.passes {
-                failing.push((k.clone(), r.tenant.clone()));
+                tally.failing_base.push(tally.base.len() as u32);
+                tally.failing_count += 1;
             }
             if let Some(e) = &r.error {
                 errors.push((k.clone(), e.clone()));
             }
-            ordered.push((k, r));
+            tally.base.push((k, Some(r)));
         }
         flush(&mut tally, run);
-        tally.failing = failing.into_iter().collect();
+        tally.live = tally.base.len();
         tally.errors = errors.into_iter().collect();
-        tally.results = ordered.into_iter().collect();
         tally
     }
 
     /// Sets (or, with None, removes) the result of one object, updating the totals.
     pub fn set(&mut self, key: ObjectKey, result: Option<ObjectResult>) {
-        if let Some(old) = self.results.remove(&key) {
+        let old = match self.delta.remove(&key) {
+            Some(old) => Some(old),
+            None => self
+                .base
+                .binary_search_by(|(k, _)| k.cmp(&key))
+                .ok()
+                .and_then(|i| self.base[i].1.take()),
+        };
+        if let Some(old) = old {
+            self.live -= 1;
             self.account(&key, &old, false);
         }
         if let Some(new) = result {
+            self.live += 1;
             self.account(&key, &new, true);
-            self.results.insert(key, new);
+            self.delta.insert(key, new);
         }
+    }
+
+    /// Every result, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&ObjectKey, &ObjectResult)> {
+        let base = self.base.iter().filter_map(|(k, r)| Some((k, r.as_ref()?)));
+        merge_sorted(base, self.delta.iter())
+    }
+
+    /// Failing population members with their tenants, in key order.
+    fn failing(&self) -> impl Iterator<Item = (&ObjectKey, Option<&Arc<str>>)> {
+        let base = self.failing_base.iter().filter_map(|&i| {
+            let (k, r) = &self.base[i as usize];
+            Some((k, r.as_ref()?.tenant.as_ref()))
+        });
+        merge_sorted(base, self.failing_delta.iter().map(|(k, t)| (k, t.as_ref())))
     }
 
     fn account(&mut self, key: &ObjectKey, r: &ObjectResult, add: bool) {
@@ -232,7 +277,8 @@ impl Tally {
         let passing = r.in_population && r.passes;
         if add {
             if failing {
-                self.failing.insert(key.clone(), r.tenant.clone());
+                self.failing_count += 1;
+                self.failing_delta.insert(key.clone(), r.tenant.clone());
             }
             if let Some(e) = &r.error {
                 self.errors.insert(key.clone(), e.clone());
@@ -247,7 +293,11 @@ impl Tally {
                 }
             }
         } else {
-            self.failing.remove(key);
+            if failing {
+                self.failing_count -= 1;
+                // A failing entry of `base` became a hole: the offender list skips it.
+                self.failing_delta.remove(key);
+            }
             self.errors.remove(key);
             if passing && let Some(n) = self.passing_per_namespace.get_mut(&key.namespace) {
                 *n -= 1;
@@ -262,7 +312,7 @@ impl Tally {
     }
 
     /// Records the namespaces in scope and their tenants (NamespaceCoverage).
-    pub fn set_namespaces(&mut self, namespaces: impl Iterator<Item = (String, std::sync::Arc<str>)>) {
+    pub fn set_namespaces(&mut self, namespaces: impl Iterator<Item = (String, Arc<str>)>) {
         let mut c = Coverage::default();
         for (ns, tenant) in namespaces {
             let covered = self.passing_per_namespace.contains_key(ns.as_str());
@@ -280,13 +330,32 @@ impl Tally {
 
     /// Number of objects with a result.
     pub fn len(&self) -> usize {
-        self.results.len()
+        self.live
     }
 
     /// Whether no object has a result.
     pub fn is_empty(&self) -> bool {
-        self.results.is_empty()
+        self.live == 0
     }
+}
+
+/// Merges two iterators sorted by key (keys are unique across both).
+fn merge_sorted<'a, T: 'a>(
+    a: impl Iterator<Item = (&'a ObjectKey, T)>,
+    b: impl Iterator<Item = (&'a ObjectKey, T)>,
+) -> impl Iterator<Item = (&'a ObjectKey, T)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((ka, _)), Some((kb, _))) => {
+            if ka <= kb {
+                a.next()
+            } else {
+                b.next()
+            }
+        }
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 /// Reads the measurement from a tally. NamespaceCoverage counts namespaces instead of
@@ -306,12 +375,11 @@ pub fn measure(source: &CompiledKubernetes, tally: &Tally, max_offenders: usize)
     m.tenants = tally.tenants.iter().map(|(t, acc)| (t.to_string(), acc.value(source.aggregate))).collect();
     // Offenders only mean something when objects can fail (not for Count).
     if source.aggregate != Aggregate::Count {
-        m.offenders_total = tally.failing.len() as u64;
+        m.offenders_total = tally.failing_count;
         m.offenders = tally
-            .failing
-            .iter()
+            .failing()
             .take(max_offenders)
-            .map(|(k, tenant)| offender(&source.kind.kind, k, tenant.as_deref().map(String::from)))
+            .map(|(k, tenant)| offender(&source.kind.kind, k, tenant.map(|t| t.to_string())))
             .collect();
     }
     m
@@ -376,11 +444,11 @@ mod tests {
         assert_eq!(t.total.value(Aggregate::Min), Some(3.0));
         assert_eq!(t.total.value(Aggregate::Max), Some(5.0));
         assert_eq!((t.total.population, t.total.passing), (2, 1));
-        assert_eq!(t.failing.keys().collect::<Vec<_>>(), vec![&key("b", "3")]);
+        assert_eq!(t.failing().map(|(k, _)| k).collect::<Vec<_>>(), vec![&key("b", "3")]);
         // Rebuilding from scratch gives the same totals.
         let mut fresh = Tally::default();
-        for (k, v) in t.results.clone() {
-            fresh.set(k, Some(v));
+        for (k, v) in t.entries() {
+            fresh.set(k.clone(), Some(v.clone()));
         }
         assert_eq!(fresh, t);
     }
@@ -401,12 +469,23 @@ mod tests {
             results.push((key(&ns, &format!("p{i:03}")), r));
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
-        let bulk = Tally::from_sorted(results.clone().into_iter());
+        let mut bulk = Tally::from_sorted(results.clone().into_iter());
         let mut one_by_one = Tally::default();
-        for (k, r) in results {
+        for (k, r) in results.clone() {
             one_by_one.set(k, Some(r));
         }
         assert_eq!(bulk, one_by_one);
+        // Changes on top of a bulk load (replace, remove, add) equal the same changes one by one.
+        for (i, (k, r)) in results.iter().enumerate().filter(|(i, _)| i % 5 == 0) {
+            let changed = (i % 10 == 0).then(|| ObjectResult { passes: !r.passes, error: None, ..r.clone() });
+            bulk.set(k.clone(), changed.clone());
+            one_by_one.set(k.clone(), changed);
+        }
+        bulk.set(key("zz", "new"), r("x", false, Some(1.0)));
+        one_by_one.set(key("zz", "new"), r("x", false, Some(1.0)));
+        assert_eq!(bulk, one_by_one);
+        assert_eq!(bulk.len(), one_by_one.len());
+        assert_eq!(bulk.failing().count() as u64, bulk.failing_count);
     }
 
     #[test]

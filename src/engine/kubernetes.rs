@@ -75,13 +75,14 @@ impl Visibility {
 pub struct Pass {
     root: Context<'static, 'static>,
     now: Box<dyn Val>,
+    at: chrono::DateTime<chrono::Utc>,
     budget: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 impl Pass {
     /// A pass at time `now`, without a time budget.
     pub fn new(now: chrono::DateTime<chrono::Utc>) -> Self {
-        Pass { root: root_context(), now: timestamp_val(now), budget: None }
+        Pass { root: root_context(), now: timestamp_val(now), at: now, budget: None }
     }
 
     /// A pass whose full evaluations stop once `budget` has elapsed (from now).
@@ -279,15 +280,74 @@ impl CompiledKubernetes {
                     results.push((k.clone(), r));
                 }
             }
-            let mut tally = Tally::from_sorted(results.into_iter());
-            if self.aggregate == Aggregate::NamespaceCoverage {
-                tally.set_namespaces(
-                    self.selected_namespaces(index, visibility)
-                        .map(|ns| (ns.name.clone(), Arc::from(ns.tenant(&self.tenant_label)))),
-                );
-            }
-            Ok(tally)
+            Ok(self.tally(index, visibility, results))
         })
+    }
+
+    /// Evaluates several metrics that observe the same kind with the same visibility in one
+    /// pass over the objects: each object is read from memory once for all of them, instead
+    /// of once per metric. Results are exactly those of [`CompiledKubernetes::evaluate_all`]
+    /// per metric. The pass may take each metric's time budget once; beyond that the metrics
+    /// are evaluated one by one, so that the budget stops (and names) only the expensive one.
+    pub fn evaluate_group(
+        metrics: &[&Self],
+        pass: &Pass,
+        index: &ObjectIndex,
+        visibility: &Visibility,
+    ) -> Vec<Result<Tally, EvaluationError>> {
+        let Some(first) = metrics.first() else { return Vec::new() };
+        let one_by_one = || metrics.iter().map(|m| m.evaluate_all(pass, index, visibility)).collect();
+        if metrics.len() == 1 || metrics.iter().any(|m| m.kind != first.kind) {
+            return one_by_one();
+        }
+        let Some(table) = index.objects(&first.kind) else { return one_by_one() };
+        let deadline =
+            pass.budget.map(|(_, budget)| std::time::Instant::now() + budget * metrics.len() as u32);
+        let scope =
+            LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let lookup = LookupIn { index, visibility };
+        let grouped = with_scope(scope, || {
+            let mut results: Vec<Vec<(ObjectKey, ObjectResult)>> =
+                metrics.iter().map(|_| Vec::with_capacity(table.len())).collect();
+            let mut scopes: Vec<Option<NamespaceScope<'_>>> = metrics.iter().map(|_| None).collect();
+            for (i, (k, o)) in table.iter().enumerate() {
+                if i % 64 == 63 && deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                    return None;
+                }
+                for ((m, ns), out) in metrics.iter().zip(scopes.iter_mut()).zip(results.iter_mut()) {
+                    let scope = match ns {
+                        Some(s) if Arc::ptr_eq(&s.name, &k.namespace) || s.name == k.namespace => s,
+                        _ => ns.insert(m.namespace_scope(index, &k.namespace, visibility)),
+                    };
+                    if let Some(r) = m.evaluate_object(pass, o, scope, &lookup) {
+                        out.push((k.clone(), r));
+                    }
+                }
+            }
+            Some(results)
+        });
+        let Some(grouped) = grouped else {
+            let fresh = Pass::with_budget(pass.at, pass.budget.map(|(_, b)| b).unwrap_or_default());
+            return metrics.iter().map(|m| m.evaluate_all(&fresh, index, visibility)).collect();
+        };
+        metrics.iter().zip(grouped).map(|(m, results)| Ok(m.tally(index, visibility, results))).collect()
+    }
+
+    /// The tally of a full evaluation's results (in key order).
+    fn tally(
+        &self,
+        index: &ObjectIndex,
+        visibility: &Visibility,
+        results: Vec<(ObjectKey, ObjectResult)>,
+    ) -> Tally {
+        let mut tally = Tally::from_sorted(results.into_iter());
+        if self.aggregate == Aggregate::NamespaceCoverage {
+            tally.set_namespaces(
+                self.selected_namespaces(index, visibility)
+                    .map(|ns| (ns.name.clone(), Arc::from(ns.tenant(&self.tenant_label)))),
+            );
+        }
+        tally
     }
 
     /// Re-evaluates the objects in `keys` only (after watch events), updating `tally`.

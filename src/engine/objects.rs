@@ -79,7 +79,8 @@ impl CachedObject {
     pub fn new(obj: &Json) -> Self {
         let meta = &obj["metadata"];
         let key = ObjectKey {
-            namespace: meta["namespace"].as_str().unwrap_or_default().into(),
+            // Shared: every object of a namespace holds the same string.
+            namespace: super::node::key(meta["namespace"].as_str().unwrap_or_default()),
             name: meta["name"].as_str().unwrap_or_default().into(),
         };
         CachedObject { key, node: Node::from(obj) }

@@ -380,3 +380,43 @@ fn time_budget_stops_expensive_evaluations_and_is_reported() {
     let pass = Pass::with_budget(chrono::Utc::now(), std::time::Duration::from_secs(60));
     assert_eq!(k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap().len(), 600);
 }
+
+#[test]
+fn group_evaluation_equals_one_by_one() {
+    let sources = [
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT}),
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT,
+               "namespaceSelector": {"matchLabels": {"secmetrics.io/tenant": "team-a"}}}),
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": "Sum",
+               "value": "object.spec.containers[0].resources.requests.cpuMillis", "selector": {"matchLabels": {"app": "p4"}}}),
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": "NamespaceCoverage", "passes": NON_ROOT}),
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "object.spec.securityContext.runAsNonRoot"}),
+    ];
+    let compiled: Vec<_> = sources
+        .iter()
+        .map(|src| {
+            let CompiledSource::Kubernetes(k) =
+                compile(&spec(src.clone(), json!({"operator": ">=", "target": 1}), true)).unwrap()
+            else {
+                panic!()
+            };
+            k
+        })
+        .collect();
+    let group: Vec<&CompiledKubernetes> = compiled.iter().map(|k| &**k).collect();
+    let idx = cluster();
+    for vis in [Visibility::Cluster, Visibility::Namespace("b1".into())] {
+        let pass = Pass::new(chrono::Utc::now());
+        let grouped = CompiledKubernetes::evaluate_group(&group, &pass, &idx, &vis);
+        for (k, g) in group.iter().zip(grouped) {
+            assert_eq!(g.unwrap(), k.evaluate_all(&pass, &idx, &vis).unwrap(), "{vis:?}");
+        }
+    }
+    // Out of budget together: each metric is then evaluated (and stopped) on its own.
+    let mut objs = vec![ns("n", None)];
+    objs.extend((0..600).map(|i| pod("n", &format!("p{i:03}"), Some(true), 1)));
+    let big = index(objs);
+    let pass = Pass::with_budget(chrono::Utc::now(), std::time::Duration::ZERO);
+    let grouped = CompiledKubernetes::evaluate_group(&group, &pass, &big, &Visibility::Cluster);
+    assert!(grouped.iter().all(|r| matches!(r, Err(EvaluationError::TimeBudgetExceeded { .. }))));
+}
