@@ -95,8 +95,12 @@ impl Acc {
         self.passing += other.passing;
         self.sum += other.sum;
         self.value_count += other.value_count;
-        for (v, n) in other.values {
-            *self.values.entry(v).or_default() += n;
+        if self.values.is_empty() {
+            self.values = other.values;
+        } else {
+            for (v, n) in other.values {
+                *self.values.entry(v).or_default() += n;
+            }
         }
     }
 
@@ -117,12 +121,16 @@ impl Acc {
 
 /// Per-object results of one metric with running totals.
 ///
-/// A full evaluation produces results in key order; they are kept as that sorted vector
-/// (`base`), built without a single key comparison. Later single-object changes go to an
-/// ordered overlay (`delta`) and leave a hole in `base`; the next full evaluation starts over.
+/// A full evaluation produces results in key order; they are kept as a compact sorted vector
+/// (`base`: 24 bytes per object, keys shared by every metric of the same pass), built
+/// without a single key comparison. Later single-object changes go to an ordered overlay
+/// (`delta`) and leave a hole in `base`; the next full evaluation starts over.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
-    base: Vec<(ObjectKey, Option<ObjectResult>)>,
+    keys: Arc<[ObjectKey]>,
+    base: Vec<Entry>,
+    /// Tenants of `base` entries, by index.
+    tenant_names: Vec<Arc<str>>,
     delta: BTreeMap<ObjectKey, ObjectResult>,
     live: usize,
     total: Acc,
@@ -138,6 +146,131 @@ pub struct Tally {
     /// NamespaceCoverage: the namespaces in scope (set on full evaluations; namespace
     /// changes always cause one), kept up to date as objects start or stop passing.
     coverage: Option<Coverage>,
+}
+
+/// One object's result in `base`.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    value: f64,
+    /// Index into the shared keys.
+    key: u32,
+    /// Index into `tenant_names`, or `NO_TENANT`.
+    tenant: u32,
+    flags: u8,
+}
+
+const LIVE: u8 = 1;
+const IN_POPULATION: u8 = 2;
+const PASSES: u8 = 4;
+const HAS_VALUE: u8 = 8;
+const HAS_ERROR: u8 = 16;
+const NO_TENANT: u32 = u32::MAX;
+
+/// Builds a [`Tally`] from a full evaluation's results, pushed in key order.
+pub struct TallyBuilder {
+    tally: Tally,
+    errors: Vec<(ObjectKey, String)>,
+    tenant_index: HashMap<Arc<str>, u32>,
+    /// Totals per tenant, by index into `tenant_names`.
+    tenant_accs: Vec<Acc>,
+    /// Whether passing objects are counted per namespace (NamespaceCoverage only).
+    per_namespace: bool,
+    /// The current run of one namespace and tenant: its namespace, tenant index, totals,
+    /// and passing objects.
+    run: Option<(Arc<str>, u32, Acc, u64)>,
+}
+
+impl TallyBuilder {
+    /// A builder whose results refer to `keys` by index; `per_namespace` keeps the passing
+    /// objects per namespace that NamespaceCoverage needs.
+    pub fn new(keys: Arc<[ObjectKey]>, per_namespace: bool) -> Self {
+        TallyBuilder {
+            tally: Tally { keys, ..Tally::default() },
+            errors: Vec::new(),
+            tenant_index: HashMap::new(),
+            tenant_accs: Vec::new(),
+            per_namespace,
+            run: None,
+        }
+    }
+
+    /// Adds the result of the object `keys[key]`; keys must come in increasing order.
+    pub fn push(&mut self, key: u32, r: ObjectResult) {
+        let t = &mut self.tally;
+        let namespace = &t.keys[key as usize].namespace;
+        let same_run = self.run.as_ref().is_some_and(|(ns, tenant, _, _)| {
+            (Arc::ptr_eq(ns, namespace) || ns == namespace)
+                && match &r.tenant {
+                    None => *tenant == NO_TENANT,
+                    Some(rt) => {
+                        t.tenant_names.get(*tenant as usize).is_some_and(|n| Arc::ptr_eq(n, rt) || n == rt)
+                    }
+                }
+        });
+        if !same_run {
+            let tenant = match &r.tenant {
+                None => NO_TENANT,
+                Some(rt) => *self.tenant_index.entry(rt.clone()).or_insert_with(|| {
+                    t.tenant_names.push(rt.clone());
+                    self.tenant_accs.push(Acc::default());
+                    (t.tenant_names.len() - 1) as u32
+                }),
+            };
+            let previous = self.run.replace((namespace.clone(), tenant, Acc::default(), 0));
+            self.flush(previous);
+        }
+        let t = &mut self.tally;
+        let (_, tenant, acc, passing) = self.run.as_mut().expect("set above");
+        t.total.add(&r);
+        acc.add(&r);
+        let mut flags = LIVE;
+        if r.passes {
+            flags |= PASSES;
+        }
+        if r.in_population {
+            flags |= IN_POPULATION;
+            if r.passes {
+                *passing += 1;
+            } else {
+                t.failing_base.push(t.base.len() as u32);
+                t.failing_count += 1;
+            }
+        }
+        if r.value.is_some() {
+            flags |= HAS_VALUE;
+        }
+        if let Some(e) = r.error {
+            flags |= HAS_ERROR;
+            self.errors.push((t.keys[key as usize].clone(), e));
+        }
+        t.base.push(Entry { value: r.value.unwrap_or_default(), key, tenant: *tenant, flags });
+    }
+
+    /// Adds a finished run's tenant and namespace totals.
+    fn flush(&mut self, run: Option<(Arc<str>, u32, Acc, u64)>) {
+        let Some((namespace, tenant, acc, passing)) = run else { return };
+        if let Some(t) = self.tenant_accs.get_mut(tenant as usize) {
+            t.merge(acc);
+        }
+        if passing > 0 && self.per_namespace {
+            *self.tally.passing_per_namespace.entry(namespace).or_default() += passing;
+        }
+    }
+
+    /// The tally.
+    pub fn finish(mut self) -> Tally {
+        let run = self.run.take();
+        self.flush(run);
+        let t = &mut self.tally;
+        for (name, acc) in t.tenant_names.iter().zip(self.tenant_accs) {
+            if acc.population > 0 || !acc.values.is_empty() {
+                t.tenants.insert(name.clone(), acc);
+            }
+        }
+        t.live = t.base.len();
+        t.errors = self.errors.into_iter().collect();
+        self.tally
+    }
 }
 
 /// Two tallies are equal when they hold the same results and totals, however they were built.
@@ -180,62 +313,42 @@ impl Coverage {
 }
 
 impl Tally {
-    /// Builds a tally from results in key order: a bulk load. Objects come grouped by
-    /// namespace, so tenant and namespace totals are accumulated per run of one namespace.
+    /// Builds a tally from results in key order (see [`TallyBuilder`]).
     pub fn from_sorted(results: impl Iterator<Item = (ObjectKey, ObjectResult)>) -> Self {
-        let mut tally = Tally::default();
-        let mut errors = Vec::new();
-        // The current run: its namespace, tenant, tenant totals and passing objects.
-        let mut run: Option<(Arc<str>, Option<Arc<str>>, Acc, u64)> = None;
-        let flush = |tally: &mut Tally, run: Option<(Arc<str>, Option<Arc<str>>, Acc, u64)>| {
-            let Some((namespace, tenant, acc, passing)) = run else { return };
-            if let Some(t) = tenant
-                && (acc.population > 0 || !acc.values.is_empty())
-            {
-                tally.tenants.entry(t).or_default().merge(acc);
-            }
-            if passing > 0 {
-                *tally.passing_per_namespace.entry(namespace).or_default() += passing;
-            }
-        };
-        for (k, r) in results {
-            let same_run = run.as_ref().is_some_and(|(ns, t, _, _)| {
-                (Arc::ptr_eq(ns, &k.namespace) || *ns == k.namespace) && t.as_deref() == r.tenant.as_deref()
-            });
-            if !same_run {
-                flush(&mut tally, run.take());
-                run = Some((k.namespace.clone(), r.tenant.clone(), Acc::default(), 0));
-            }
-            let (_, _, acc, passing) = run.as_mut().expect("set above");
-            tally.total.add(&r);
-            acc.add(&r);
-            if r.in_population && r.passes {
-                *passing += 1;
-            }
-            if r.in_population && !r.passes {
-                tally.failing_base.push(tally.base.len() as u32);
-                tally.failing_count += 1;
-            }
-            if let Some(e) = &r.error {
-                errors.push((k.clone(), e.clone()));
-            }
-            tally.base.push((k, Some(r)));
+        let (keys, results): (Vec<_>, Vec<_>) = results.unzip();
+        let mut builder = TallyBuilder::new(keys.into(), false);
+        for (i, r) in results.into_iter().enumerate() {
+            builder.push(i as u32, r);
         }
-        flush(&mut tally, run);
-        tally.live = tally.base.len();
-        tally.errors = errors.into_iter().collect();
-        tally
+        builder.finish()
+    }
+
+    /// The result held by a `base` entry.
+    fn base_result(&self, e: &Entry) -> ObjectResult {
+        ObjectResult {
+            tenant: self.tenant_names.get(e.tenant as usize).cloned(),
+            in_population: e.flags & IN_POPULATION != 0,
+            passes: e.flags & PASSES != 0,
+            value: (e.flags & HAS_VALUE != 0).then_some(e.value),
+            error: if e.flags & HAS_ERROR != 0 {
+                self.errors.get(&self.keys[e.key as usize]).cloned()
+            } else {
+                None
+            },
+        }
     }
 
     /// Sets (or, with None, removes) the result of one object, updating the totals.
     pub fn set(&mut self, key: ObjectKey, result: Option<ObjectResult>) {
         let old = match self.delta.remove(&key) {
             Some(old) => Some(old),
-            None => self
-                .base
-                .binary_search_by(|(k, _)| k.cmp(&key))
-                .ok()
-                .and_then(|i| self.base[i].1.take()),
+            None => match self.base.binary_search_by(|e| self.keys[e.key as usize].cmp(&key)) {
+                Ok(i) if self.base[i].flags & LIVE != 0 => {
+                    self.base[i].flags &= !LIVE;
+                    Some(self.base_result(&self.base[i]))
+                }
+                _ => None,
+            },
         };
         if let Some(old) = old {
             self.live -= 1;
@@ -249,16 +362,21 @@ impl Tally {
     }
 
     /// Every result, in key order.
-    pub fn entries(&self) -> impl Iterator<Item = (&ObjectKey, &ObjectResult)> {
-        let base = self.base.iter().filter_map(|(k, r)| Some((k, r.as_ref()?)));
-        merge_sorted(base, self.delta.iter())
+    pub fn entries(&self) -> impl Iterator<Item = (&ObjectKey, ObjectResult)> {
+        let base = self
+            .base
+            .iter()
+            .filter(|e| e.flags & LIVE != 0)
+            .map(|e| (&self.keys[e.key as usize], self.base_result(e)));
+        merge_sorted(base, self.delta.iter().map(|(k, r)| (k, r.clone())))
     }
 
     /// Failing population members with their tenants, in key order.
     fn failing(&self) -> impl Iterator<Item = (&ObjectKey, Option<&Arc<str>>)> {
         let base = self.failing_base.iter().filter_map(|&i| {
-            let (k, r) = &self.base[i as usize];
-            Some((k, r.as_ref()?.tenant.as_ref()))
+            let e = &self.base[i as usize];
+            (e.flags & LIVE != 0)
+                .then(|| (&self.keys[e.key as usize], self.tenant_names.get(e.tenant as usize)))
         });
         merge_sorted(base, self.failing_delta.iter().map(|(k, t)| (k, t.as_ref())))
     }
@@ -283,7 +401,7 @@ impl Tally {
             if let Some(e) = &r.error {
                 self.errors.insert(key.clone(), e.clone());
             }
-            if passing {
+            if passing && self.coverage.is_some() {
                 let n = self.passing_per_namespace.entry(key.namespace.clone()).or_default();
                 *n += 1;
                 if *n == 1
@@ -299,7 +417,10 @@ impl Tally {
                 self.failing_delta.remove(key);
             }
             self.errors.remove(key);
-            if passing && let Some(n) = self.passing_per_namespace.get_mut(&key.namespace) {
+            if passing
+                && self.coverage.is_some()
+                && let Some(n) = self.passing_per_namespace.get_mut(&key.namespace)
+            {
                 *n -= 1;
                 if *n == 0 {
                     self.passing_per_namespace.remove(&key.namespace);
@@ -448,7 +569,7 @@ mod tests {
         // Rebuilding from scratch gives the same totals.
         let mut fresh = Tally::default();
         for (k, v) in t.entries() {
-            fresh.set(k.clone(), Some(v.clone()));
+            fresh.set(k.clone(), Some(v));
         }
         assert_eq!(fresh, t);
     }

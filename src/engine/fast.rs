@@ -13,6 +13,8 @@
 
 use std::cmp::Ordering;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 
@@ -31,8 +33,8 @@ pub enum Op {
     Tenant,
     /// A comprehension variable (iteration variable or accumulator) by slot.
     Local(usize),
-    Select(Box<Op>, Key),
-    Has(Box<Op>, Key),
+    Select(Box<Op>, Field),
+    Has(Box<Op>, Field),
     Index(Box<Op>, Box<Op>),
     Not(Box<Op>),
     Neg(Box<Op>),
@@ -50,6 +52,38 @@ pub enum Op {
     Comprehension(Box<Comprehension>),
     /// Outside the subset.
     Unsupported,
+}
+
+/// A field name with the position it was last found at: objects of one kind mostly share
+/// their shape, so the next object usually holds the field at the same position and the
+/// lookup is one pointer comparison.
+#[derive(Debug)]
+pub struct Field {
+    key: Key,
+    hint: AtomicU32,
+}
+
+impl Field {
+    fn new(name: &str) -> Self {
+        Field { key: node::key(name), hint: AtomicU32::new(0) }
+    }
+
+    fn find<'a>(&self, entries: &'a [(Key, Node)]) -> Option<&'a Node> {
+        let hint = self.hint.load(AtomicOrdering::Relaxed) as usize;
+        if let Some((k, v)) = entries.get(hint)
+            && Arc::ptr_eq(k, &self.key)
+        {
+            return Some(v);
+        }
+        let found = entries.iter().position(|(k, _)| Arc::ptr_eq(k, &self.key));
+        match found {
+            Some(i) => {
+                self.hint.store(i as u32, AtomicOrdering::Relaxed);
+                Some(&entries[i].1)
+            }
+            None => map_get_key(entries, &self.key),
+        }
+    }
 }
 
 /// A literal.
@@ -141,7 +175,7 @@ impl Compiler {
             }
             Expr::Select(s) => {
                 let operand = b(self.op(&s.operand));
-                let field = node::key(&s.field);
+                let field = Field::new(&s.field);
                 if s.test { Op::Has(operand, field) } else { Op::Select(operand, field) }
             }
             Expr::List(l) => Op::List(l.elements.iter().map(|el| self.op(el)).collect()),
@@ -358,11 +392,11 @@ impl<'a> Eval<'_, 'a> {
             Op::Tenant => self.env.tenant.map(V::Str).unwrap_or(V::Null),
             Op::Local(slot) => self.locals[*slot].clone(),
             Op::Select(operand, field) => match self.op(operand)? {
-                V::Map(m) => V::from(map_get_key(m, field).ok_or(Bail)?),
+                V::Map(m) => V::from(field.find(m).ok_or(Bail)?),
                 _ => return Err(Bail),
             },
             Op::Has(operand, field) => match self.op(operand)? {
-                V::Map(m) => V::Bool(map_get_key(m, field).is_some()),
+                V::Map(m) => V::Bool(field.find(m).is_some()),
                 _ => return Err(Bail),
             },
             Op::Index(container, index) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cel::Context;
 use cel::common::value::Val;
 
-use super::aggregate::Tally;
+use super::aggregate::{Tally, TallyBuilder};
 use super::expression::{CompileError, Expression, Inputs, root_context, timestamp_val};
 use super::fast::Env;
 use super::lookup::{LookupScope, with_scope};
@@ -192,7 +192,8 @@ impl CompiledKubernetes {
             // Namespace not (yet) known: selected only when no namespaceSelector asks for labels.
             (None, _) => self.namespace_selector.is_none(),
         };
-        let tenant = Some(info.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(name).into());
+        // Shared strings: one per tenant, so tallies compare tenants by pointer.
+        let tenant = Some(super::node::key(info.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(name)));
         NamespaceScope { name: name.clone(), selected, info, tenant }
     }
 
@@ -257,8 +258,9 @@ impl CompiledKubernetes {
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         let lookup = LookupIn { index, visibility };
+        let keys: Arc<[ObjectKey]> = table.keys().cloned().collect();
         with_scope(scope, || {
-            let mut results = Vec::with_capacity(table.len());
+            let mut tally = TallyBuilder::new(keys, self.aggregate == Aggregate::NamespaceCoverage);
             let mut ns: Option<NamespaceScope<'_>> = None;
             for (i, (k, o)) in table.iter().enumerate() {
                 // The budget is checked between objects; one object's cost is bounded statically.
@@ -277,10 +279,10 @@ impl CompiledKubernetes {
                     _ => ns.insert(self.namespace_scope(index, &k.namespace, visibility)),
                 };
                 if let Some(r) = self.evaluate_object(pass, o, scope, &lookup) {
-                    results.push((k.clone(), r));
+                    tally.push(i as u32, r);
                 }
             }
-            Ok(self.tally(index, visibility, results))
+            Ok(self.finish(index, visibility, tally))
         })
     }
 
@@ -306,41 +308,39 @@ impl CompiledKubernetes {
         let scope =
             LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
         let lookup = LookupIn { index, visibility };
+        let keys: Arc<[ObjectKey]> = table.keys().cloned().collect();
         let grouped = with_scope(scope, || {
-            let mut results: Vec<Vec<(ObjectKey, ObjectResult)>> =
-                metrics.iter().map(|_| Vec::with_capacity(table.len())).collect();
+            let mut tallies: Vec<TallyBuilder> = metrics
+                .iter()
+                .map(|m| TallyBuilder::new(keys.clone(), m.aggregate == Aggregate::NamespaceCoverage))
+                .collect();
             let mut scopes: Vec<Option<NamespaceScope<'_>>> = metrics.iter().map(|_| None).collect();
             for (i, (k, o)) in table.iter().enumerate() {
                 if i % 64 == 63 && deadline.is_some_and(|d| std::time::Instant::now() > d) {
                     return None;
                 }
-                for ((m, ns), out) in metrics.iter().zip(scopes.iter_mut()).zip(results.iter_mut()) {
+                for ((m, ns), tally) in metrics.iter().zip(scopes.iter_mut()).zip(tallies.iter_mut()) {
                     let scope = match ns {
                         Some(s) if Arc::ptr_eq(&s.name, &k.namespace) || s.name == k.namespace => s,
                         _ => ns.insert(m.namespace_scope(index, &k.namespace, visibility)),
                     };
                     if let Some(r) = m.evaluate_object(pass, o, scope, &lookup) {
-                        out.push((k.clone(), r));
+                        tally.push(i as u32, r);
                     }
                 }
             }
-            Some(results)
+            Some(tallies)
         });
         let Some(grouped) = grouped else {
             let fresh = Pass::with_budget(pass.at, pass.budget.map(|(_, b)| b).unwrap_or_default());
             return metrics.iter().map(|m| m.evaluate_all(&fresh, index, visibility)).collect();
         };
-        metrics.iter().zip(grouped).map(|(m, results)| Ok(m.tally(index, visibility, results))).collect()
+        metrics.iter().zip(grouped).map(|(m, tally)| Ok(m.finish(index, visibility, tally))).collect()
     }
 
-    /// The tally of a full evaluation's results (in key order).
-    fn tally(
-        &self,
-        index: &ObjectIndex,
-        visibility: &Visibility,
-        results: Vec<(ObjectKey, ObjectResult)>,
-    ) -> Tally {
-        let mut tally = Tally::from_sorted(results.into_iter());
+    /// The tally of a full evaluation.
+    fn finish(&self, index: &ObjectIndex, visibility: &Visibility, tally: TallyBuilder) -> Tally {
+        let mut tally = tally.finish();
         if self.aggregate == Aggregate::NamespaceCoverage {
             tally.set_namespaces(
                 self.selected_namespaces(index, visibility)
