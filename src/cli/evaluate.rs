@@ -70,17 +70,20 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
             index.ensure_kind(&Kind::new(&k.resource.api_version, &k.resource.kind));
         }
     }
-    for doc in load::load(&args.objects)? {
+    // Streamed: each object is converted to its compact cached form as soon as it is parsed,
+    // so a dump never sits in memory as JSON.
+    load::visit(&args.objects, |doc| {
         let (Some(api_version), Some(kind)) = (doc.value["apiVersion"].as_str(), doc.value["kind"].as_str())
         else {
-            return Err(EvaluateError::Invalid(format!(
-                "{}: an object needs apiVersion and kind",
-                doc.origin
-            )));
+            return Err(LoadError::Invalid {
+                origin: doc.origin,
+                message: "an object needs apiVersion and kind".into(),
+            });
         };
         let kind = Kind::new(api_version, kind);
         index.apply(&kind, doc.value);
-    }
+        Ok(())
+    })?;
 
     let now = chrono::Utc::now();
     let now_time = Time(k8s_openapi::jiff::Timestamp::now());

@@ -323,6 +323,7 @@ impl<'a> From<&'a Node> for V<'a> {
             Node::UInt(u) => V::UInt(*u),
             Node::Double(d) => V::Double(*d),
             Node::Str(s) => V::Str(s),
+            Node::Short(..) => V::Str(n.as_str().unwrap_or_default()),
             Node::List(l) => V::List(l),
             Node::Map(m) => V::Map(m),
         }
@@ -730,7 +731,9 @@ mod tests {
                 Node::Int(i) => Value::Int(*i),
                 Node::UInt(u) => Value::UInt(*u),
                 Node::Double(d) => Value::Float(*d),
-                Node::Str(s) => Value::String(s.to_string().into()),
+                Node::Str(_) | Node::Short(..) => {
+                    Value::String(n.as_str().unwrap_or_default().to_string().into())
+                }
                 Node::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
                 Node::Map(_) => Value::Null,
             }

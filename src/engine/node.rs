@@ -29,10 +29,16 @@ pub enum Node {
     UInt(u64),
     Double(f64),
     Str(Box<str>),
+    /// A string of at most [`SHORT`] bytes, stored inline: most strings in objects are short
+    /// (`TCP`, `500m`, names), and a separate allocation would cost more than the string.
+    Short(u8, [u8; SHORT]),
     List(Box<[Node]>),
     /// Entries sorted by key.
     Map(Box<[(Key, Node)]>),
 }
+
+/// Longest string stored inline.
+pub const SHORT: usize = 22;
 
 /// Most distinct keys shared; beyond it keys are allocated per object, so a stream of
 /// objects with random keys (annotations) cannot grow the table without bound.
@@ -67,7 +73,7 @@ impl From<&Json> for Node {
                     Node::Double(n.as_f64().unwrap_or(f64::NAN))
                 }
             }
-            Json::String(s) => Node::Str(s.as_str().into()),
+            Json::String(s) => Node::string(s),
             Json::Array(a) => Node::List(a.iter().map(Node::from).collect()),
             Json::Object(m) => {
                 let mut entries: Vec<(Key, Node)> = m.iter().map(|(k, v)| (key(k), Node::from(v))).collect();
@@ -79,6 +85,17 @@ impl From<&Json> for Node {
 }
 
 impl Node {
+    /// A string node: inline when short.
+    pub fn string(s: &str) -> Node {
+        if s.len() <= SHORT {
+            let mut buf = [0u8; SHORT];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            Node::Short(s.len() as u8, buf)
+        } else {
+            Node::Str(s.into())
+        }
+    }
+
     /// A map's entry by key (None for a missing key or a non-map).
     pub fn get(&self, k: &str) -> Option<&Node> {
         match self {
@@ -91,6 +108,8 @@ impl Node {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Node::Str(s) => Some(s),
+            // Built from a &str by `Node::string`: always valid UTF-8.
+            Node::Short(len, buf) => std::str::from_utf8(&buf[..*len as usize]).ok(),
             _ => None,
         }
     }
@@ -113,7 +132,9 @@ impl Node {
             Node::Int(i) => Box::new(CelInt::from(*i)),
             Node::UInt(u) => Box::new(CelUInt::from(*u)),
             Node::Double(d) => Box::new(CelDouble::from(*d)),
-            Node::Str(s) => Box::new(CelString::from(s.to_string())),
+            Node::Str(_) | Node::Short(..) => {
+                Box::new(CelString::from(self.as_str().unwrap_or_default().to_string()))
+            }
             Node::List(items) => Box::new(Shared::new(Box::new(CelList::from(
                 items.iter().map(Node::to_val).collect::<Vec<_>>(),
             )))),
@@ -155,7 +176,7 @@ mod tests {
         assert_eq!(
             a.get("a").and_then(|m| m.get("x")),
             Some(&Node::List(
-                vec![Node::Bool(true), Node::Null, Node::Double(1.5), Node::Str("s".into())].into()
+                vec![Node::Bool(true), Node::Null, Node::Double(1.5), Node::string("s")].into()
             ))
         );
         assert_eq!(a.get("zz"), None);
@@ -163,6 +184,18 @@ mod tests {
         let (Node::Map(ea), Node::Map(eb)) = (&a, &b) else { panic!() };
         let kb_a = &ea.iter().find(|(k, _)| &**k == "b").unwrap().0;
         assert!(Arc::ptr_eq(kb_a, &eb[0].0), "keys are shared between objects");
+    }
+
+    #[test]
+    fn short_strings_are_inline_and_long_ones_allocated() {
+        assert_eq!(std::mem::size_of::<Node>(), 24);
+        let short = "ü".repeat(11);
+        assert!(matches!(Node::string(&short), Node::Short(22, _)));
+        assert_eq!(Node::string(&short).as_str(), Some(short.as_str()));
+        let long = "x".repeat(23);
+        assert!(matches!(Node::string(&long), Node::Str(_)));
+        assert_eq!(Node::string(&long).as_str(), Some(long.as_str()));
+        assert_eq!(Node::string("").as_str(), Some(""));
     }
 
     #[test]
