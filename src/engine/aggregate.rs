@@ -313,16 +313,6 @@ impl Coverage {
 }
 
 impl Tally {
-    /// Builds a tally from results in key order (see [`TallyBuilder`]).
-    pub fn from_sorted(results: impl Iterator<Item = (ObjectKey, ObjectResult)>) -> Self {
-        let (keys, results): (Vec<_>, Vec<_>) = results.unzip();
-        let mut builder = TallyBuilder::new(keys.into(), false);
-        for (i, r) in results.into_iter().enumerate() {
-            builder.push(i as u32, r);
-        }
-        builder.finish()
-    }
-
     /// The result held by a `base` entry.
     fn base_result(&self, e: &Entry) -> ObjectResult {
         ObjectResult {
@@ -574,6 +564,16 @@ mod tests {
         assert_eq!(fresh, t);
     }
 
+    /// A tally bulk-loaded from results in key order.
+    fn from_sorted(results: impl Iterator<Item = (ObjectKey, ObjectResult)>) -> Tally {
+        let (keys, results): (Vec<_>, Vec<_>) = results.unzip();
+        let mut builder = TallyBuilder::new(keys.into(), false);
+        for (i, r) in results.into_iter().enumerate() {
+            builder.push(i as u32, r);
+        }
+        builder.finish()
+    }
+
     #[test]
     fn bulk_load_equals_one_by_one() {
         let mut results = Vec::new();
@@ -590,7 +590,7 @@ mod tests {
             results.push((key(&ns, &format!("p{i:03}")), r));
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut bulk = Tally::from_sorted(results.clone().into_iter());
+        let mut bulk = from_sorted(results.clone().into_iter());
         let mut one_by_one = Tally::default();
         for (k, r) in results.clone() {
             one_by_one.set(k, Some(r));

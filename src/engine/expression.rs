@@ -85,11 +85,6 @@ impl Expression {
         &self.lookups
     }
 
-    /// Whether the fast evaluator handles (at least the root of) this expression.
-    pub fn is_fast(&self) -> bool {
-        self.fast.is_some()
-    }
-
     /// Evaluates with `cel`'s interpreter (the reference semantics).
     pub fn interpret(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<Value, ExecutionError> {
         let env = &inputs.env;

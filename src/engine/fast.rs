@@ -27,7 +27,8 @@ pub struct Bail;
 /// A compiled expression.
 #[derive(Debug)]
 pub enum Op {
-    Const(Const),
+    /// A literal, held as the same node an object would hold.
+    Const(Node),
     Object,
     Namespace,
     Tenant,
@@ -84,17 +85,6 @@ impl Field {
             None => map_get_key(entries, &self.key),
         }
     }
-}
-
-/// A literal.
-#[derive(Debug)]
-pub enum Const {
-    Null,
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Double(f64),
-    Str(Box<str>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,12 +144,12 @@ impl Compiler {
         let b = |o| Box::new(o);
         match &e.expr {
             Expr::Literal(l) => match l {
-                LiteralValue::Null => Op::Const(Const::Null),
-                LiteralValue::Boolean(v) => Op::Const(Const::Bool(*v.inner())),
-                LiteralValue::Int(v) => Op::Const(Const::Int(*v.inner())),
-                LiteralValue::UInt(v) => Op::Const(Const::UInt(*v.inner())),
-                LiteralValue::Double(v) => Op::Const(Const::Double(*v.inner())),
-                LiteralValue::String(v) => Op::Const(Const::Str(v.inner().into())),
+                LiteralValue::Null => Op::Const(Node::Null),
+                LiteralValue::Boolean(v) => Op::Const(Node::Bool(*v.inner())),
+                LiteralValue::Int(v) => Op::Const(Node::Int(*v.inner())),
+                LiteralValue::UInt(v) => Op::Const(Node::UInt(*v.inner())),
+                LiteralValue::Double(v) => Op::Const(Node::Double(*v.inner())),
+                LiteralValue::String(v) => Op::Const(Node::string(v.inner())),
                 LiteralValue::Bytes(_) => Op::Unsupported,
             },
             Expr::Ident(name) => {
@@ -380,14 +370,7 @@ impl<'a> Eval<'_, 'a> {
 
     fn op(&mut self, op: &'a Op) -> Result<V<'a>, Bail> {
         Ok(match op {
-            Op::Const(c) => match c {
-                Const::Null => V::Null,
-                Const::Bool(b) => V::Bool(*b),
-                Const::Int(i) => V::Int(*i),
-                Const::UInt(u) => V::UInt(*u),
-                Const::Double(d) => V::Double(*d),
-                Const::Str(s) => V::Str(s),
-            },
+            Op::Const(c) => V::from(c),
             Op::Object => V::from(self.env.object),
             Op::Namespace => self.env.namespace.map(V::from).unwrap_or(V::Null),
             Op::Tenant => self.env.tenant.map(V::Str).unwrap_or(V::Null),
@@ -584,28 +567,25 @@ fn order(l: &V<'_>, r: &V<'_>) -> Result<Ordering, Bail> {
     }
 }
 
+/// Integer arithmetic as CEL defines it: overflow and division by zero are errors (here:
+/// the interpreter decides).
+macro_rules! checked {
+    ($op:expr, $a:expr, $b:expr) => {
+        match $op {
+            ArithOp::Add => $a.checked_add($b),
+            ArithOp::Sub => $a.checked_sub($b),
+            ArithOp::Mul => $a.checked_mul($b),
+            ArithOp::Div => $a.checked_div($b),
+            ArithOp::Rem => $a.checked_rem($b),
+        }
+        .ok_or(Bail)?
+    };
+}
+
 fn arith<'a>(op: ArithOp, l: V<'a>, r: V<'a>) -> Result<V<'a>, Bail> {
     Ok(match (l, r) {
-        (V::Int(a), V::Int(b)) => V::Int(
-            match op {
-                ArithOp::Add => a.checked_add(b),
-                ArithOp::Sub => a.checked_sub(b),
-                ArithOp::Mul => a.checked_mul(b),
-                ArithOp::Div => a.checked_div(b),
-                ArithOp::Rem => a.checked_rem(b),
-            }
-            .ok_or(Bail)?,
-        ),
-        (V::UInt(a), V::UInt(b)) => V::UInt(
-            match op {
-                ArithOp::Add => a.checked_add(b),
-                ArithOp::Sub => a.checked_sub(b),
-                ArithOp::Mul => a.checked_mul(b),
-                ArithOp::Div => a.checked_div(b),
-                ArithOp::Rem => a.checked_rem(b),
-            }
-            .ok_or(Bail)?,
-        ),
+        (V::Int(a), V::Int(b)) => V::Int(checked!(op, a, b)),
+        (V::UInt(a), V::UInt(b)) => V::UInt(checked!(op, a, b)),
         (V::Double(a), V::Double(b)) => V::Double(match op {
             ArithOp::Add => a + b,
             ArithOp::Sub => a - b,

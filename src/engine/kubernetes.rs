@@ -197,6 +197,22 @@ impl CompiledKubernetes {
         NamespaceScope { name: name.clone(), selected, info, tenant }
     }
 
+    /// The scope of `namespace`: `current` when it already is that namespace's (objects come
+    /// in runs of one namespace), resolved anew otherwise.
+    fn scope_for<'s, 'a>(
+        &self,
+        current: &'s mut Option<NamespaceScope<'a>>,
+        index: &'a ObjectIndex,
+        namespace: &Arc<str>,
+        visibility: &Visibility,
+    ) -> &'s NamespaceScope<'a> {
+        let same = current.as_ref().is_some_and(|s| Arc::ptr_eq(&s.name, namespace) || s.name == *namespace);
+        if !same {
+            *current = Some(self.namespace_scope(index, namespace, visibility));
+        }
+        current.as_ref().expect("set above")
+    }
+
     /// Evaluates one object in its namespace's scope, or None when it is not selected at all.
     fn evaluate_object(
         &self,
@@ -255,8 +271,7 @@ impl CompiledKubernetes {
     ) -> Result<Tally, EvaluationError> {
         let table: &Arc<_> =
             index.objects(&self.kind).ok_or_else(|| EvaluationError::KindNotObserved(self.kind.clone()))?;
-        let scope =
-            LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let scope = LookupScope::new(index, visibility.confined_to());
         let lookup = LookupIn { index, visibility };
         let keys: Arc<[ObjectKey]> = table.keys().cloned().collect();
         with_scope(scope, || {
@@ -274,10 +289,7 @@ impl CompiledKubernetes {
                         total: table.len(),
                     });
                 }
-                let scope = match &ns {
-                    Some(s) if Arc::ptr_eq(&s.name, &k.namespace) || s.name == k.namespace => s,
-                    _ => ns.insert(self.namespace_scope(index, &k.namespace, visibility)),
-                };
+                let scope = self.scope_for(&mut ns, index, &k.namespace, visibility);
                 if let Some(r) = self.evaluate_object(pass, o, scope, &lookup) {
                     tally.push(i as u32, r);
                 }
@@ -305,8 +317,7 @@ impl CompiledKubernetes {
         let Some(table) = index.objects(&first.kind) else { return one_by_one() };
         let deadline =
             pass.budget.map(|(_, budget)| std::time::Instant::now() + budget * metrics.len() as u32);
-        let scope =
-            LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let scope = LookupScope::new(index, visibility.confined_to());
         let lookup = LookupIn { index, visibility };
         let keys: Arc<[ObjectKey]> = table.keys().cloned().collect();
         let grouped = with_scope(scope, || {
@@ -320,10 +331,7 @@ impl CompiledKubernetes {
                     return None;
                 }
                 for ((m, ns), tally) in metrics.iter().zip(scopes.iter_mut()).zip(tallies.iter_mut()) {
-                    let scope = match ns {
-                        Some(s) if Arc::ptr_eq(&s.name, &k.namespace) || s.name == k.namespace => s,
-                        _ => ns.insert(m.namespace_scope(index, &k.namespace, visibility)),
-                    };
+                    let scope = m.scope_for(ns, index, &k.namespace, visibility);
                     if let Some(r) = m.evaluate_object(pass, o, scope, &lookup) {
                         tally.push(i as u32, r);
                     }
@@ -359,8 +367,7 @@ impl CompiledKubernetes {
         keys: &[ObjectKey],
         tally: &mut Tally,
     ) {
-        let scope =
-            LookupScope { index: index.clone(), confine_to: visibility.confined_to().map(String::from) };
+        let scope = LookupScope::new(index, visibility.confined_to());
         let lookup = LookupIn { index, visibility };
         with_scope(scope, || {
             for key in keys {

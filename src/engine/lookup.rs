@@ -20,6 +20,13 @@ pub struct LookupScope {
     pub confine_to: Option<String>,
 }
 
+impl LookupScope {
+    /// `index`, confined to one namespace when `confine_to` is set.
+    pub fn new(index: &ObjectIndex, confine_to: Option<&str>) -> Self {
+        LookupScope { index: index.clone(), confine_to: confine_to.map(String::from) }
+    }
+}
+
 thread_local! {
     static SCOPE: RefCell<Option<LookupScope>> = const { RefCell::new(None) };
 }

@@ -420,3 +420,21 @@ fn group_evaluation_equals_one_by_one() {
     let grouped = CompiledKubernetes::evaluate_group(&group, &pass, &big, &Visibility::Cluster);
     assert!(grouped.iter().all(|r| matches!(r, Err(EvaluationError::TimeBudgetExceeded { .. }))));
 }
+
+#[test]
+fn namespace_object_and_tenant_come_from_the_objects_namespace() {
+    // team-a holds a1 (p1, p2) and a2 (p3); the fast evaluator and the interpreter (the
+    // `matches` call is outside the fast subset) see the same variables.
+    for where_ in [
+        "namespaceObject.labels['secmetrics.io/tenant'] == 'team-a' && tenant == 'team-a'",
+        "namespaceObject.name.matches('^a[0-9]$') && tenant.matches('^team-a$')",
+    ] {
+        let s = spec(
+            json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "where": where_, "aggregate": "Count"}),
+            json!({"operator": ">=", "target": 0}),
+            false,
+        );
+        let st = evaluate(&s, &cluster(), Visibility::Cluster);
+        assert_eq!((st.value, st.evaluation_errors), (Some(3.0), None), "{where_}");
+    }
+}
