@@ -58,6 +58,7 @@ struct Entry {
     next_full: Instant,
     /// The status as last written (or as found on the object at start-up).
     written: Option<SecurityMetricStatus>,
+    /// When the evaluation behind the last write started: the heartbeat clock.
     written_at: Option<Instant>,
 }
 
@@ -314,7 +315,11 @@ async fn evaluate(
                 publish_transition(recorder, &e.object_ref, old_state.unwrap_or_default(), &new).await;
             }
             e.written = Some(new);
-            e.written_at = Some(Instant::now());
+            // The evaluation's start, not the write's end: the next evaluation is due one
+            // interval after a later instant, so its heartbeat check always finds a full
+            // interval elapsed (measured from the write's end, a slow write made every other
+            // heartbeat fall a few milliseconds short and be skipped).
+            e.written_at = Some(started);
         }
         Err(err) => {
             warn!(namespace = %e.namespace, name = %e.name, error = %err, "writing status failed; retrying soon");
