@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod http;
+pub mod remediation;
 pub mod sources;
 pub mod status;
 pub mod telemetry;

@@ -2,11 +2,13 @@
 
 pub mod conditions;
 pub mod duration;
+pub mod metric_policy;
 pub mod security_metric;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use metric_policy::{MetricPolicy, MetricPolicySpec, MetricPolicyStatus};
 pub use security_metric::{SecurityMetric, SecurityMetricSpec, SecurityMetricStatus};
 
 /// The API group of every secmetrics resource.
@@ -16,7 +18,7 @@ pub const FIELD_MANAGER: &str = "secmetrics";
 
 /// The CustomResourceDefinitions the operator serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![SecurityMetric::crd()]
+    vec![SecurityMetric::crd(), MetricPolicy::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream (what `secmetrics crds` prints and `crds/` holds).

@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod lookup;
 pub mod node;
 pub mod objects;
+pub mod policy;
 pub mod selector;
 pub mod shared;
 pub mod state;

@@ -1,0 +1,4 @@
+//! Remediation: deciding (pure, [`plan`]) and carrying out (the rest) what a MetricPolicy's
+//! rules trigger: dry-run by default, bounded, idempotent and revertible.
+
+pub mod plan;

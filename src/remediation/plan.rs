@@ -1,0 +1,418 @@
+//! Deciding what remediation to apply, revert or refuse. Pure: the policy's rules, the
+//! metrics' trigger states, the resolved targets and the policy's recorded state in, steps out.
+//!
+//! Everything the decision depends on across reconciles (what is active, when a rule last
+//! acted, which episode was already refused) lives in the policy's status, so a restarted
+//! operator decides exactly what the previous one would have.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::metric_policy::{
+    ActionType, ActiveRemediation, Mode, RemediationRule, RuleState, TargetRef, TriggerState,
+};
+use crate::api::security_metric::{MetricState, SecurityMetricStatus};
+
+/// Default cooldown between two actions of one rule for one metric.
+pub const DEFAULT_COOLDOWN: SignedDuration = SignedDuration::from_secs(60);
+
+/// Whether a metric is in a rule's trigger state, and since when (the episode).
+pub fn triggered(state: TriggerState, status: Option<&SecurityMetricStatus>) -> Option<Timestamp> {
+    let s = status?;
+    let on = match state {
+        TriggerState::Breached => s.state == MetricState::Breached,
+        TriggerState::Warning => matches!(s.state, MetricState::Warning | MetricState::Breached),
+        TriggerState::Anomalous => s.anomalous,
+    };
+    // Without a recorded transition the episode starts now-ish; lastEvaluated is the best
+    // stable stand-in (it is in status, so a restart sees the same value).
+    on.then(|| s.last_transition.as_ref().or(s.last_evaluated.as_ref()).map(|t| t.0)).flatten()
+}
+
+/// The targets one action would touch for one metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionTargets {
+    /// The action.
+    pub action: ActionType,
+    /// Label/annotation key, for Label and Annotate.
+    pub key: Option<String>,
+    /// The targets, sorted, after exclusions.
+    pub targets: Vec<TargetRef>,
+    /// How many targets the action would touch: more than `targets.len()` when the metric's
+    /// status lists only some of them (offenders are capped).
+    pub count: usize,
+}
+
+/// One rule for one selected metric.
+#[derive(Clone, Debug)]
+pub struct RuleInput<'a> {
+    /// The rule.
+    pub rule: &'a RemediationRule,
+    /// The metric's name.
+    pub metric: &'a str,
+    /// Since when the metric is in the trigger state (None: it is not).
+    pub triggered: Option<Timestamp>,
+    /// Resolved targets per action; resolved only when the rule is due (see [`due`]).
+    pub actions: Vec<ActionTargets>,
+}
+
+/// Whether a rule whose metric entered the trigger state at `since` is due at `now`.
+pub fn due(rule: &RemediationRule, since: Timestamp, now: Timestamp) -> bool {
+    now.duration_since(since) >= for_of(rule)
+}
+
+fn for_of(rule: &RemediationRule) -> SignedDuration {
+    rule.when.for_.as_ref().map(|d| to_signed(d.get())).unwrap_or(SignedDuration::ZERO)
+}
+
+fn cooldown_of(rule: &RemediationRule) -> SignedDuration {
+    rule.cooldown.as_ref().map(|d| to_signed(d.get())).unwrap_or(DEFAULT_COOLDOWN)
+}
+
+fn to_signed(d: std::time::Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// One change to make (or plan), or to undo.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Rule name.
+    pub rule: String,
+    /// Metric name.
+    pub metric: String,
+    /// The action.
+    pub action: ActionType,
+    /// Label/annotation key.
+    pub key: Option<String>,
+    /// The target.
+    pub target: TargetRef,
+    /// Planned only.
+    pub dry_run: bool,
+    /// The trigger episode (apply) or the remediation's `since` (revert): with the rest, a
+    /// stable identity for Events and webhook deliveries across restarts.
+    pub episode: Timestamp,
+}
+
+/// An action not taken because it would touch more than `maxTargets`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// Rule name.
+    pub rule: String,
+    /// Metric name.
+    pub metric: String,
+    /// The action.
+    pub action: ActionType,
+    /// How many targets it would have touched.
+    pub count: usize,
+    /// The rule's cap.
+    pub max_targets: usize,
+    /// The episode, recorded so the refusal is recorded once.
+    pub episode: Timestamp,
+}
+
+/// What to do in this reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Changes to undo, first.
+    pub revert: Vec<Step>,
+    /// Changes to make (or plan).
+    pub apply: Vec<Step>,
+    /// Remediations that end without an undo (`revertOnRecovery: false`).
+    pub forget: Vec<ActiveRemediation>,
+    /// Refusals to record.
+    pub refuse: Vec<Refusal>,
+    /// When a waiting rule (`for`, cooldown) must be looked at again.
+    pub recheck_at: Option<Timestamp>,
+}
+
+fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// Decides the steps for `inputs` at `now` given the recorded state.
+pub fn plan(
+    mode: Mode,
+    inputs: &[RuleInput<'_>],
+    active: &[ActiveRemediation],
+    rule_states: &[RuleState],
+    now: Timestamp,
+) -> Plan {
+    let mut plan = Plan::default();
+    let dry_run = mode == Mode::DryRun;
+    for input in inputs {
+        let rule = input.rule;
+        let mine: Vec<&ActiveRemediation> =
+            active.iter().filter(|a| a.rule == rule.name && a.metric == input.metric).collect();
+        let state = rule_states.iter().find(|s| s.rule == rule.name && s.metric == input.metric);
+        let cool_until = state.and_then(|s| s.last_action.as_ref()).map(|t| t.0 + cooldown_of(rule));
+        let cooling = cool_until.is_some_and(|t| t > now);
+
+        match input.triggered {
+            Some(since) if due(rule, since, now) => {
+                let mut wanted = Vec::new();
+                for a in &input.actions {
+                    if a.count > rule.max_targets as usize {
+                        if state.and_then(|s| s.settled_episode.as_ref()).map(|t| t.0) != Some(since) {
+                            plan.refuse.push(Refusal {
+                                rule: rule.name.clone(),
+                                metric: input.metric.to_string(),
+                                action: a.action,
+                                count: a.count,
+                                max_targets: rule.max_targets as usize,
+                                episode: since,
+                            });
+                        }
+                        continue;
+                    }
+                    for t in &a.targets {
+                        let existing = mine.iter().find(|m| m.action == a.action && &m.target == t);
+                        // Planned entries become real when the policy switches to Enforce;
+                        // real ones stay real when it switches back (they revert on recovery).
+                        if existing.is_none_or(|e| e.dry_run && !dry_run) {
+                            wanted.push(Step {
+                                rule: rule.name.clone(),
+                                metric: input.metric.to_string(),
+                                action: a.action,
+                                key: a.key.clone(),
+                                target: t.clone(),
+                                dry_run,
+                                episode: since,
+                            });
+                        }
+                    }
+                }
+                if !wanted.is_empty() {
+                    if cooling {
+                        plan.recheck_at = earliest(plan.recheck_at, cool_until.unwrap_or(now));
+                    } else {
+                        plan.apply.extend(wanted);
+                    }
+                }
+            }
+            triggered => {
+                if let Some(since) = triggered {
+                    plan.recheck_at = earliest(plan.recheck_at, since + for_of(rule));
+                    // Still in the trigger state (waiting on `for` again after a restart of the
+                    // episode): what is active stays.
+                    if !mine.is_empty() {
+                        continue;
+                    }
+                }
+                if mine.is_empty() {
+                    continue;
+                }
+                if !rule.revert_on_recovery {
+                    plan.forget.extend(mine.into_iter().cloned());
+                } else if cooling {
+                    plan.recheck_at = earliest(plan.recheck_at, cool_until.unwrap_or(now));
+                } else {
+                    plan.revert.extend(mine.into_iter().map(|a| revert_step(a)));
+                }
+            }
+        }
+    }
+    // Remediations whose rule or metric left the policy are undone at once: nothing
+    // would ever revert them otherwise.
+    let known: BTreeSet<(&str, &str)> = inputs.iter().map(|i| (i.rule.name.as_str(), i.metric)).collect();
+    for a in active {
+        if !known.contains(&(a.rule.as_str(), a.metric.as_str())) {
+            plan.revert.push(revert_step(a));
+        }
+    }
+    plan
+}
+
+fn revert_step(a: &ActiveRemediation) -> Step {
+    Step {
+        rule: a.rule.clone(),
+        metric: a.metric.clone(),
+        action: a.action,
+        key: a.key.clone(),
+        target: a.target.clone(),
+        dry_run: a.dry_run,
+        episode: a.since.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn rule(v: serde_json::Value) -> RemediationRule {
+        let mut base = serde_json::json!({
+            "name": "isolate", "when": {"state": "Breached"}, "actions": [{"type": "NetworkIsolation"}]
+        });
+        for (k, v) in v.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn np(ns: &str) -> TargetRef {
+        TargetRef {
+            api_version: "networking.k8s.io/v1".into(),
+            kind: "NetworkPolicy".into(),
+            namespace: Some(ns.into()),
+            name: "secmetrics-isolate".into(),
+        }
+    }
+
+    fn input<'a>(rule: &'a RemediationRule, triggered: Option<i64>, targets: &[&str]) -> RuleInput<'a> {
+        RuleInput {
+            rule,
+            metric: "m",
+            triggered: triggered.map(t),
+            actions: vec![ActionTargets {
+                action: ActionType::NetworkIsolation,
+                key: None,
+                targets: targets.iter().map(|n| np(n)).collect(),
+                count: targets.len(),
+            }],
+        }
+    }
+
+    fn active(rule: &str, ns: &str, since: i64, dry_run: bool) -> ActiveRemediation {
+        ActiveRemediation {
+            rule: rule.into(),
+            metric: "m".into(),
+            action: ActionType::NetworkIsolation,
+            target: np(ns),
+            key: None,
+            since: Time(t(since)),
+            dry_run,
+        }
+    }
+
+    fn acted(rule: &str, at: i64) -> RuleState {
+        RuleState {
+            rule: rule.into(),
+            metric: "m".into(),
+            last_action: Some(Time(t(at))),
+            settled_episode: None,
+        }
+    }
+
+    #[test]
+    fn triggers_on_the_configured_state() {
+        let s = |state, anomalous| SecurityMetricStatus {
+            state,
+            anomalous,
+            last_transition: Some(Time(t(5))),
+            ..Default::default()
+        };
+        use MetricState::*;
+        assert_eq!(triggered(TriggerState::Breached, Some(&s(Breached, false))), Some(t(5)));
+        assert_eq!(triggered(TriggerState::Breached, Some(&s(Warning, false))), None);
+        assert_eq!(triggered(TriggerState::Warning, Some(&s(Breached, false))), Some(t(5)));
+        assert_eq!(triggered(TriggerState::Warning, Some(&s(Unknown, false))), None);
+        assert_eq!(triggered(TriggerState::Anomalous, Some(&s(Compliant, true))), Some(t(5)));
+        assert_eq!(triggered(TriggerState::Breached, None), None);
+    }
+
+    #[test]
+    fn applies_after_for_and_plans_in_dry_run() {
+        let r = rule(serde_json::json!({"when": {"state": "Breached", "for": "30s"}}));
+        // Breached since t=0; at t=10 the rule waits until t=30.
+        let p = plan(Mode::DryRun, &[input(&r, Some(0), &["a", "b"])], &[], &[], t(10));
+        assert!(p.apply.is_empty());
+        assert_eq!(p.recheck_at, Some(t(30)));
+        let p = plan(Mode::DryRun, &[input(&r, Some(0), &["a", "b"])], &[], &[], t(30));
+        assert_eq!(p.apply.len(), 2);
+        assert!(p.apply.iter().all(|s| s.dry_run && s.episode == t(0)));
+        // Already active: nothing more to do.
+        let act = [active("isolate", "a", 30, true), active("isolate", "b", 30, true)];
+        let p = plan(Mode::DryRun, &[input(&r, Some(0), &["a", "b"])], &act, &[acted("isolate", 30)], t(40));
+        assert_eq!(p, Plan::default());
+        // Switching to Enforce makes planned entries real (after the cooldown).
+        let p =
+            plan(Mode::Enforce, &[input(&r, Some(0), &["a", "b"])], &act, &[acted("isolate", 30)], t(100));
+        assert_eq!(p.apply.len(), 2);
+        assert!(p.apply.iter().all(|s| !s.dry_run));
+    }
+
+    #[test]
+    fn reverts_on_recovery_only_after_the_cooldown() {
+        let r = rule(serde_json::json!({"cooldown": "1m"}));
+        let act = [active("isolate", "a", 0, false)];
+        let states = [acted("isolate", 0)];
+        let p = plan(Mode::Enforce, &[input(&r, None, &[])], &act, &states, t(20));
+        assert!(p.revert.is_empty());
+        assert_eq!(p.recheck_at, Some(t(60)));
+        let p = plan(Mode::Enforce, &[input(&r, None, &[])], &act, &states, t(60));
+        assert_eq!(p.revert.len(), 1);
+        assert_eq!(p.revert[0].episode, t(0));
+        // Without revertOnRecovery the remediation is forgotten, not undone.
+        let keep = rule(serde_json::json!({"revertOnRecovery": false}));
+        let p = plan(Mode::Enforce, &[input(&keep, None, &[])], &act, &states, t(60));
+        assert!(p.revert.is_empty());
+        assert_eq!(p.forget.len(), 1);
+    }
+
+    #[test]
+    fn flapping_metric_acts_at_most_once_per_cooldown() {
+        let r = rule(serde_json::json!({"cooldown": "30s"}));
+        let mut active_now: Vec<ActiveRemediation> = Vec::new();
+        let mut states: Vec<RuleState> = Vec::new();
+        let mut actions = 0;
+        // The metric flips every 3 seconds for two minutes; the controller reconciles each second.
+        for sec in 0..120 {
+            let breached_since = (sec / 3) % 2 == 0;
+            let episode = (sec / 3) * 3;
+            let i = input(&r, breached_since.then_some(episode), &["a"]);
+            let p = plan(Mode::Enforce, &[i], &active_now, &states, t(sec));
+            if !p.apply.is_empty() || !p.revert.is_empty() {
+                actions += 1;
+                states = vec![acted("isolate", sec)];
+            }
+            for s in &p.apply {
+                active_now.push(active("isolate", s.target.namespace.as_deref().unwrap(), sec, false));
+            }
+            if !p.revert.is_empty() {
+                active_now.clear();
+            }
+        }
+        // Two minutes with a 30s cooldown: at most one action per 30 seconds.
+        assert!(actions <= 4 + 1, "{actions} actions");
+        assert!(actions >= 2, "it still acts: {actions}");
+    }
+
+    #[test]
+    fn refuses_beyond_max_targets_once_per_episode() {
+        let r = rule(serde_json::json!({"maxTargets": 2}));
+        let mut i = input(&r, Some(0), &["a", "b", "c"]);
+        let p = plan(Mode::Enforce, std::slice::from_ref(&i), &[], &[], t(1));
+        assert!(p.apply.is_empty());
+        assert_eq!(p.refuse.len(), 1);
+        assert_eq!((p.refuse[0].count, p.refuse[0].max_targets), (3, 2));
+        let settled = RuleState {
+            rule: "isolate".into(),
+            metric: "m".into(),
+            last_action: None,
+            settled_episode: Some(Time(t(0))),
+        };
+        let p = plan(Mode::Enforce, std::slice::from_ref(&i), &[], std::slice::from_ref(&settled), t(5));
+        assert!(p.refuse.is_empty() && p.apply.is_empty());
+        // A count beyond the listed targets (capped offenders) refuses too.
+        i.actions[0].targets.truncate(1);
+        i.actions[0].count = 25;
+        i.triggered = Some(t(100));
+        let p = plan(Mode::Enforce, &[i], &[], &[settled], t(101));
+        assert_eq!(p.refuse[0].count, 25);
+    }
+
+    #[test]
+    fn remediations_of_removed_rules_are_reverted_at_once() {
+        let r = rule(serde_json::json!({}));
+        let act = [active("gone", "a", 0, false), active("isolate", "b", 0, false)];
+        let p = plan(Mode::Enforce, &[input(&r, Some(0), &["b"])], &act, &[acted("gone", 0)], t(1));
+        assert_eq!(p.revert.len(), 1);
+        assert_eq!(p.revert[0].rule, "gone");
+        assert!(p.apply.is_empty());
+    }
+}
