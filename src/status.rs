@@ -24,3 +24,21 @@ pub async fn write_metric_status(
         Err(e) => Err(e),
     }
 }
+
+/// Applies `status` to the named MetricPolicy. A policy deleted meanwhile is not an error.
+pub async fn write_policy_status(
+    api: &Api<crate::api::MetricPolicy>,
+    name: &str,
+    status: &crate::api::MetricPolicyStatus,
+) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": "secmetrics.io/v1alpha1",
+        "kind": "MetricPolicy",
+        "status": status,
+    });
+    match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}

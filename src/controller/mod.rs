@@ -1,5 +1,6 @@
 //! Controller wiring: client, CRD check, probes, and the metric controller.
 
+pub mod metric_policy;
 pub mod security_metric;
 
 use std::sync::Arc;
@@ -35,7 +36,8 @@ pub struct RunArgs {
     /// metric reports ExpressionValid=False (CostLimitExceeded).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub evaluation_budget: Duration,
-    /// Manage only the SecurityMetrics matching this label selector (sharding, canaries).
+    /// Manage only the SecurityMetrics and MetricPolicies matching this label selector
+    /// (sharding, canaries).
     #[arg(long)]
     pub metric_selector: Option<String>,
     /// Log format.
@@ -77,10 +79,16 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         metric_selector: args.metric_selector.clone(),
         evaluation_budget: args.evaluation_budget,
     };
+    let policy_settings = metric_policy::Settings {
+        platform_namespaces: args.platform_namespaces.clone(),
+        operator_namespace: args.namespace.clone(),
+        selector: args.metric_selector.clone(),
+    };
     info!(platform_namespaces = ?settings.platform_namespaces, "secmetrics controller starting");
     ready.store(true, Ordering::Relaxed);
     tokio::select! {
-        _ = security_metric::run(client, settings, recorder) => anyhow::bail!("the SecurityMetric watch ended"),
+        _ = security_metric::run(client.clone(), settings, recorder) => anyhow::bail!("the SecurityMetric watch ended"),
+        _ = metric_policy::run(client, policy_settings) => anyhow::bail!("the MetricPolicy controller ended"),
         _ = shutdown_signal() => {
             info!("shutting down");
             Ok(())

@@ -53,6 +53,9 @@ pub struct RuleInput<'a> {
     pub metric: &'a str,
     /// Since when the metric is in the trigger state (None: it is not).
     pub triggered: Option<Timestamp>,
+    /// The metric's state is Unknown: neither act nor revert until it is measured again
+    /// (missing data is not a recovery).
+    pub hold: bool,
     /// Resolved targets per action; resolved only when the rule is due (see [`due`]).
     pub actions: Vec<ActionTargets>,
 }
@@ -147,6 +150,9 @@ pub fn plan(
         let state = rule_states.iter().find(|s| s.rule == rule.name && s.metric == input.metric);
         let cool_until = state.and_then(|s| s.last_action.as_ref()).map(|t| t.0 + cooldown_of(rule));
         let cooling = cool_until.is_some_and(|t| t > now);
+        if input.hold {
+            continue;
+        }
 
         match input.triggered {
             Some(since) if due(rule, since, now) => {
@@ -207,7 +213,7 @@ pub fn plan(
                 } else if cooling {
                     plan.recheck_at = earliest(plan.recheck_at, cool_until.unwrap_or(now));
                 } else {
-                    plan.revert.extend(mine.into_iter().map(|a| revert_step(a)));
+                    plan.revert.extend(mine.into_iter().map(revert_step));
                 }
             }
         }
@@ -268,6 +274,7 @@ mod tests {
             rule,
             metric: "m",
             triggered: triggered.map(t),
+            hold: false,
             actions: vec![ActionTargets {
                 action: ActionType::NetworkIsolation,
                 key: None,
@@ -404,6 +411,16 @@ mod tests {
         i.triggered = Some(t(100));
         let p = plan(Mode::Enforce, &[i], &[], &[settled], t(101));
         assert_eq!(p.refuse[0].count, 25);
+    }
+
+    #[test]
+    fn unknown_state_holds_what_is_active() {
+        let r = rule(serde_json::json!({}));
+        let act = [active("isolate", "a", 0, false)];
+        let mut i = input(&r, None, &[]);
+        i.hold = true;
+        let p = plan(Mode::Enforce, &[i], &act, &[], t(1000));
+        assert_eq!(p, Plan::default());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 mod fixtures;
 mod harness;
+mod receiver;
 
 mod control_plane;
+mod metric_policy;
 mod operator;
 mod security_metric;

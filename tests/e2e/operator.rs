@@ -34,6 +34,11 @@ fn bin(name: &str) -> PathBuf {
 /// Renders the chart with `helm template` and applies its RBAC and ServiceAccount (not the
 /// Deployment: the operator runs here as a process with the chart's identity).
 pub fn install_chart_rbac(env: &TestEnv) {
+    install_chart_rbac_with(env, &[]);
+}
+
+/// [`install_chart_rbac`] with extra `helm template` arguments (e.g. `--set remediation.enforce=true`).
+pub fn install_chart_rbac_with(env: &TestEnv, values: &[&str]) {
     let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/secmetrics");
     let rendered = Command::new(bin("helm"))
         .args(["template", "secmetrics", "--kube-version", "1.36.3"])
@@ -46,6 +51,7 @@ pub fn install_chart_rbac(env: &TestEnv) {
             "--show-only",
             "templates/serviceaccount.yaml",
         ])
+        .args(values)
         .output()
         .expect("run helm");
     assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
