@@ -50,7 +50,8 @@ fn cluster_role_is_read_only_but_for_status_and_events() {
             "no Secret access by default: {rule}"
         );
         match resources.as_slice() {
-            ["securitymetrics/status"] => assert_eq!(verbs, ["patch"]),
+            ["securitymetrics/status", "metricpolicies/status"] => assert_eq!(verbs, ["patch"]),
+            ["selfsubjectaccessreviews"] => assert_eq!(verbs, ["create"]),
             ["events"] => assert_eq!(verbs, ["create", "patch"]),
             _ => assert!(verbs.iter().all(|v| ["get", "list", "watch"].contains(v)), "read-only: {rule}"),
         }
@@ -81,4 +82,48 @@ fn deployment_runs_hardened() {
     assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let args = c["args"].to_string();
     assert!(args.contains("--platform-namespace=platform"), "{args}");
+}
+
+#[test]
+fn enforcement_rbac_and_webhook_secrets_are_opt_in_and_exact() {
+    let Some(docs) = render(&[]) else { return };
+    assert!(
+        !docs.iter().any(|d| d["metadata"]["name"] == "secmetrics-enforce"
+            || d["metadata"]["name"] == "secmetrics-webhook-secrets"),
+        "no enforcement RBAC and no Secret access by default"
+    );
+    let Some(docs) = render(&[
+        "--set",
+        "remediation.enforce=true",
+        "--set",
+        "remediation.webhookSecrets={hook-key}",
+        "--set",
+        "platformNamespaces={platform}",
+    ]) else {
+        return;
+    };
+    let role = find(&docs, "ClusterRole", "secmetrics-enforce");
+    for rule in role["rules"].as_array().unwrap() {
+        let verbs: Vec<&str> =
+            rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let resources: Vec<&str> =
+            rule["resources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(
+            !verbs.contains(&"*") && !resources.contains(&"*") && !resources.contains(&"secrets"),
+            "{rule}"
+        );
+        match resources.as_slice() {
+            ["networkpolicies"] | ["resourcequotas"] => assert_eq!(verbs, ["create", "patch", "delete"]),
+            ["deployments", "statefulsets"] => assert_eq!(verbs, ["get", "patch"]),
+            _ => assert_eq!(verbs, ["patch"], "label targets: patch only: {rule}"),
+        }
+    }
+    find(&docs, "ClusterRoleBinding", "secmetrics-enforce");
+    let secrets = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "secmetrics-webhook-secrets")
+        .expect("webhook Secret role");
+    assert_eq!(secrets["metadata"]["namespace"], "platform", "only in platform namespaces");
+    assert_eq!(secrets["rules"][0]["resourceNames"], serde_json::json!(["hook-key"]));
+    assert_eq!(secrets["rules"][0]["verbs"], serde_json::json!(["get"]));
 }

@@ -147,3 +147,65 @@ fn chart_crds_equal_generated_crds() {
         "charts/secmetrics/crds/ is out of date: cp crds/secmetrics.io.yaml charts/secmetrics/crds/"
     );
 }
+
+#[test]
+fn policies_gate_the_exit_code_on_their_requirement() {
+    let examples = root().join("examples");
+    let (code, out, err) = evaluate(&[
+        "-f",
+        path(&examples.join("metrics.yaml")),
+        "-f",
+        path(&examples.join("policies.yaml")),
+        "--objects",
+        path(&examples.join("workloads.yaml")),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let row = out.lines().find(|l| l.contains("baseline")).expect(&out);
+    assert!(row.contains("NonCompliant") && row.contains(">= 75%"), "{row}");
+    assert!(row.contains("pods-run-as-non-root Breached"), "{row}");
+
+    // The same metrics under a policy that tolerates them: the policy decides the exit code.
+    let dir = tempfile::tempdir().unwrap();
+    let lenient = std::fs::read_to_string(examples.join("policies.yaml"))
+        .unwrap()
+        .replace("minCompliantPercent: 75", "minCompliantPercent: 25");
+    std::fs::write(dir.path().join("p.yaml"), lenient).unwrap();
+    let (code, out, err) = evaluate(&[
+        "-f",
+        path(&examples.join("metrics.yaml")),
+        "-f",
+        path(&dir.path().join("p.yaml")),
+        "--objects",
+        path(&examples.join("workloads.yaml")),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let policy = v["items"].as_array().unwrap().iter().find(|i| i["kind"] == "MetricPolicy").unwrap();
+    assert_eq!(policy["status"]["state"], "Compliant");
+    let controls: Vec<&str> = policy["status"]["frameworks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["control"].as_str().unwrap())
+        .collect();
+    assert!(controls.contains(&"AIS-03") && controls.contains(&"9.1"), "{controls:?}");
+
+    // A typo in a policy is an error with the file and document, not a silent no-op.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: secmetrics.io/v1alpha1\nkind: MetricPolicy\nmetadata: {name: p}\nspec: {metrics: [a], mdoe: Enforce}\n",
+    )
+    .unwrap();
+    let (code, _, err) = evaluate(&[
+        "-f",
+        path(&examples.join("metrics.yaml")),
+        "-f",
+        path(&dir.path().join("bad.yaml")),
+        "--objects",
+        path(&examples.join("workloads.yaml")),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.yaml") && err.contains("MetricPolicy p: unknown field spec.mdoe"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! `secmetrics evaluate`: the engine offline, for GitOps pipelines.
 //!
-//! Exit codes: 0 when every metric is Compliant or Warning, 1 when any is Breached or Unknown
-//! (no data is never a pass), 2 on invalid input.
+//! Exit codes: 2 on invalid input; otherwise, when MetricPolicies are given, 1 when any policy
+//! is not Compliant; without policies, 1 when any metric is Breached or Unknown (no data is
+//! never a pass); 0 else.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,8 +11,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 use super::load::{self, Document, LoadError, unknown_fields};
-use crate::api::SecurityMetric;
+use crate::api::conditions::{self, NewCondition, READY};
+use crate::api::metric_policy::{MetricPolicyStatus, PolicyState};
 use crate::api::security_metric::{MetricState, SecurityMetricStatus};
+use crate::api::{MetricPolicy, SecurityMetric};
+use crate::engine::policy::{self, MetricView};
 use crate::engine::{self, Kind, ObjectIndex};
 
 /// Output formats.
@@ -25,7 +29,7 @@ pub enum Output {
 /// Arguments of `secmetrics evaluate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// SecurityMetric manifests (files or directories).
+    /// SecurityMetric and MetricPolicy manifests (files or directories).
     #[arg(short = 'f', long = "filename", required = true)]
     pub metrics: Vec<PathBuf>,
     /// Cluster objects: manifests, `kubectl get -o yaml|json` output, or directories of them.
@@ -57,8 +61,12 @@ pub enum EvaluateError {
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
     let metric_docs = load::load(&args.metrics)?;
     let mut metrics = Vec::new();
+    let mut policies = Vec::new();
     for doc in metric_docs {
-        metrics.push(parse_metric(doc, &args.namespace)?);
+        match parse_resource(doc, &args.namespace)? {
+            Resource::Metric(m) => metrics.push(*m),
+            Resource::Policy(p) => policies.push(*p),
+        }
     }
     if metrics.is_empty() {
         return Err(EvaluateError::Invalid("no SecurityMetric found in the -f inputs".into()));
@@ -102,9 +110,58 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
         }
         m.status = Some(status);
     }
-    write_output(args.output, &metrics, &args.platform_namespaces, out)
+    if !policies.is_empty() {
+        exit = 0;
+        for p in &mut policies {
+            let status = roll_up(p, &metrics, &now_time);
+            if status.state != PolicyState::Compliant {
+                exit = 1;
+            }
+            p.status = Some(status);
+        }
+    }
+    write_output(args.output, &metrics, &policies, &args.platform_namespaces, out)
         .map_err(|e| EvaluateError::Output(e.to_string()))?;
     Ok(exit)
+}
+
+/// A policy's compliance roll-up over the evaluated metrics of its namespace (remediation is
+/// not planned offline: it depends on the live cluster).
+fn roll_up(p: &MetricPolicy, metrics: &[SecurityMetric], now: &Time) -> MetricPolicyStatus {
+    let empty = Default::default();
+    let views: Vec<MetricView<'_>> = metrics
+        .iter()
+        .filter(|m| m.metadata.namespace == p.metadata.namespace)
+        .map(|m| MetricView {
+            name: m.metadata.name.as_deref().unwrap_or_default(),
+            labels: m.metadata.labels.as_ref().unwrap_or(&empty),
+            spec: &m.spec,
+            status: m.status.as_ref(),
+        })
+        .collect();
+    let (selected, problem) = match policy::select(&p.spec, &views) {
+        Ok(s) => (s, None),
+        Err(e) => (Vec::new(), Some(("InvalidSelector".to_string(), e.to_string()))),
+    };
+    let r = policy::roll_up(&p.spec, &selected, now.0);
+    let problem = problem.or_else(|| {
+        (!r.missing.is_empty())
+            .then(|| ("MetricsNotFound".to_string(), format!("metrics not found: {}", r.missing.join(", "))))
+    });
+    let ready = match problem {
+        Some((reason, message)) => NewCondition::new(READY, false, reason, message),
+        None => NewCondition::new(READY, true, "Evaluated", "evaluated offline"),
+    };
+    MetricPolicyStatus {
+        observed_generation: p.metadata.generation,
+        conditions: conditions::merge(&[], vec![ready], p.metadata.generation, now),
+        state: r.state,
+        score: r.score,
+        coverage: r.coverage,
+        metrics: r.metrics,
+        frameworks: r.frameworks,
+        ..Default::default()
+    }
 }
 
 /// Evaluates metrics on every core: each worker takes the next metric until none is left.
@@ -152,41 +209,67 @@ fn evaluate_parallel(
     out.into_iter().map(|s| s.expect("every metric evaluated")).collect()
 }
 
-fn parse_metric(doc: Document, default_ns: &str) -> Result<SecurityMetric, EvaluateError> {
+enum Resource {
+    Metric(Box<SecurityMetric>),
+    Policy(Box<MetricPolicy>),
+}
+
+fn parse_resource(doc: Document, default_ns: &str) -> Result<Resource, EvaluateError> {
     let kind = doc.value["kind"].as_str().unwrap_or_default();
     let api_version = doc.value["apiVersion"].as_str().unwrap_or_default();
-    if kind != "SecurityMetric" || api_version != "secmetrics.io/v1alpha1" {
-        return Err(EvaluateError::Invalid(format!(
-            "{}: expected a secmetrics.io/v1alpha1 SecurityMetric, found {api_version} {kind}",
+    match (api_version, kind) {
+        ("secmetrics.io/v1alpha1", "SecurityMetric") => {
+            let mut m: SecurityMetric = parse_typed(&doc, kind)?;
+            m.metadata.namespace.get_or_insert_with(|| default_ns.to_string());
+            Ok(Resource::Metric(Box::new(m)))
+        }
+        ("secmetrics.io/v1alpha1", "MetricPolicy") => {
+            let mut p: MetricPolicy = parse_typed(&doc, kind)?;
+            p.metadata.namespace.get_or_insert_with(|| default_ns.to_string());
+            Ok(Resource::Policy(Box::new(p)))
+        }
+        _ => Err(EvaluateError::Invalid(format!(
+            "{}: expected a secmetrics.io/v1alpha1 SecurityMetric or MetricPolicy, found {api_version} {kind}",
             doc.origin
-        )));
+        ))),
     }
+}
+
+/// Deserializes `doc` as `kind`, rejecting unknown fields by name (the API server would prune
+/// them silently, so a typo would otherwise pass review and do nothing).
+fn parse_typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+    doc: &Document,
+    kind: &str,
+) -> Result<T, EvaluateError> {
     let name = doc.value["metadata"]["name"].as_str().unwrap_or("<unnamed>").to_string();
-    let mut metric: SecurityMetric = serde_json::from_value(doc.value.clone())
-        .map_err(|e| EvaluateError::Invalid(format!("{} SecurityMetric {name}: {e}", doc.origin)))?;
-    let typed = serde_json::to_value(&metric).expect("serializable");
-    let unknown = unknown_fields(&doc.value, &typed);
+    let typed: T = serde_json::from_value(doc.value.clone())
+        .map_err(|e| EvaluateError::Invalid(format!("{} {kind} {name}: {e}", doc.origin)))?;
+    let round_trip = serde_json::to_value(&typed).expect("serializable");
+    let unknown = unknown_fields(&doc.value, &round_trip);
     if !unknown.is_empty() {
         return Err(EvaluateError::Invalid(format!(
-            "{} SecurityMetric {name}: unknown field{} {}",
+            "{} {kind} {name}: unknown field{} {}",
             doc.origin,
             if unknown.len() > 1 { "s" } else { "" },
             unknown.join(", ")
         )));
     }
-    metric.metadata.namespace.get_or_insert_with(|| default_ns.to_string());
-    Ok(metric)
+    Ok(typed)
 }
 
 fn write_output(
     output: Output,
     metrics: &[SecurityMetric],
+    policies: &[MetricPolicy],
     platform: &[String],
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     match output {
         Output::Json | Output::Yaml => {
-            let list = json!({"apiVersion": "v1", "kind": "List", "items": metrics});
+            let mut items: Vec<serde_json::Value> =
+                metrics.iter().map(|m| serde_json::to_value(m).expect("serializable")).collect();
+            items.extend(policies.iter().map(|p| serde_json::to_value(p).expect("serializable")));
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
             if output == Output::Json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&list).expect("serializable"))
             } else {
@@ -219,13 +302,51 @@ fn write_output(
                     detail,
                 ]);
             }
-            let widths: Vec<usize> =
-                (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-            for r in rows {
-                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-                writeln!(out, "{}", line.join("  ").trim_end())?;
+            write_table(out, &rows)?;
+            if !policies.is_empty() {
+                writeln!(out)?;
+                let mut rows = vec![
+                    ["NAMESPACE", "POLICY", "STATE", "SCORE", "COVERAGE", "REQUIRED", "DETAIL"]
+                        .map(String::from),
+                ];
+                for p in policies {
+                    let s = p.status.clone().unwrap_or_default();
+                    let pct = |v: Option<f64>| v.map(|v| format!("{v}%")).unwrap_or_else(|| "-".into());
+                    let failing: Vec<String> = s
+                        .metrics
+                        .iter()
+                        .filter(|m| !matches!(m.state, MetricState::Compliant | MetricState::Warning))
+                        .map(|m| format!("{} {}", m.name, m.state.as_str()))
+                        .collect();
+                    let detail = s
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == READY && c.status == "False")
+                        .map(|c| c.message.clone())
+                        .unwrap_or_else(|| failing.join(", "));
+                    rows.push([
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default(),
+                        s.state.as_str().to_string(),
+                        pct(s.score),
+                        pct(s.coverage),
+                        format!(">= {}%", p.spec.requirement.min_compliant_percent),
+                        detail,
+                    ]);
+                }
+                write_table(out, &rows)?;
             }
             Ok(())
         }
     }
+}
+
+fn write_table<const N: usize>(out: &mut dyn Write, rows: &[[String; N]]) -> std::io::Result<()> {
+    let widths: Vec<usize> =
+        (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
 }

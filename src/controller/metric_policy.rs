@@ -63,6 +63,8 @@ struct Ctx {
 pub enum Error {
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    #[error("reading the policy: {0}")]
+    Read(#[source] kube::Error),
     #[error("resolving targets: {0}")]
     Targets(#[source] kube::Error),
 }
@@ -117,6 +119,20 @@ struct Done {
 async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = p.namespace().unwrap_or_default();
     let name = p.name_any();
+    // Before the metric store's first list, every metric would look missing, and every active
+    // remediation would look orphaned and be reverted.
+    if ctx.metrics.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // The status is the remediation memory, so read it fresh: the controller's store may not
+    // have seen this controller's own last write yet, and acting on that older status would
+    // repeat actions.
+    let api: Api<MetricPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let p = match api.get_opt(&name).await.map_err(Error::Read)? {
+        // Deleted, or deleted and re-created (a new object gets its own reconcile).
+        Some(fresh) if fresh.metadata.uid == p.metadata.uid => Arc::new(fresh),
+        _ => return Ok(Action::await_change()),
+    };
     let now = Timestamp::now();
     let place = PolicyPlace {
         namespace: &ns,
@@ -325,7 +341,9 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
     let deliveries = webhooks.iter().map(|(s, a, resolved)| {
         let ctx = ctx.clone();
         let p = p.clone();
-        async move { deliver(&ctx.client, &p, s, a, *resolved).await }
+        let metric = by_name.get(s.metric.as_str()).and_then(|m| m.status.as_ref());
+        let (state, value) = metric.map(|m| (m.state, m.value)).unwrap_or_default();
+        async move { deliver(&ctx.client, &p, s, a, *resolved, state, value).await }
     });
     for ((s, _, resolved), result) in webhooks.iter().zip(futures::future::join_all(deliveries).await) {
         let (outcome, msg) = match (result, resolved) {
@@ -373,12 +391,15 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
     // report so a restart cannot publish them twice.
     let policy_ref = p.object_ref(&());
     for d in &done {
+        let r = &d.record;
+        info!(namespace = %ns, policy = %name, rule = %r.rule, metric = %r.metric, action = r.action.as_str(),
+            target = %r.target, outcome = r.outcome.as_str(), dry_run = r.dry_run,
+            message = r.message.as_deref().unwrap_or_default(), "remediation");
         publish(&ctx.client, &p, &policy_ref, d).await;
     }
 
     let status = build_status(&p, &old, &rollup, &problems, &inputs, active, &done, acted, settled, now);
     if old != status {
-        let api: Api<MetricPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         status::write_policy_status(&api, &name, &status).await.map_err(Error::Status)?;
         if old.state != status.state {
             info!(namespace = %ns, name = %name, state = status.state.as_str(), "policy state changed");
@@ -501,6 +522,8 @@ async fn deliver(
     s: &Step,
     a: &RemediationAction,
     resolved: bool,
+    state: crate::api::security_metric::MetricState,
+    value: Option<f64>,
 ) -> Result<String, String> {
     let receiver = a.webhook.as_ref().ok_or("no webhook receiver")?;
     let ns = p.namespace().unwrap_or_default();
@@ -527,14 +550,13 @@ async fn deliver(
         &s.episode.to_string(),
         if resolved { "resolved" } else { "firing" },
     ]);
-    let metric_state = if resolved { "Recovered" } else { "Breached" };
     let transition = webhook::Transition {
         policy: &policy,
         rule: &s.rule,
         namespace: &ns,
         metric: &s.metric,
-        state: metric_state,
-        value: None,
+        state: state.as_str(),
+        value,
         status: if resolved { "resolved" } else { "firing" },
         since: s.episode.to_string(),
         mode: if s.dry_run { "DryRun" } else { "Enforce" },

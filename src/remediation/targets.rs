@@ -56,7 +56,7 @@ fn namespace_ref(ns: &str) -> TargetRef {
 }
 
 fn target_namespace(t: &TargetRef) -> Option<&str> {
-    if t.kind == "Namespace" && t.api_version == "v1" { Some(&t.name) } else { t.namespace.as_deref() }
+    if t.kind == "Namespace" { Some(&t.name) } else { t.namespace.as_deref() }
 }
 
 /// The subjects of a rule for one metric, before they become per-action targets.
@@ -94,7 +94,8 @@ pub fn subjects(
     let offender_refs: Vec<TargetRef> = offenders
         .iter()
         .map(|o| TargetRef {
-            api_version: api_version.clone(),
+            // NamespaceCoverage offenders are namespaces, whatever kind the metric observes.
+            api_version: if o.kind == "Namespace" { "v1".into() } else { api_version.clone() },
             kind: o.kind.clone(),
             namespace: o.namespace.clone(),
             name: o.name.clone(),
@@ -102,8 +103,11 @@ pub fn subjects(
         .collect();
     let unlisted =
         status.and_then(|s| s.offenders_total).map(|t| (t.max(0) as usize).saturating_sub(offenders.len()));
-    let offender_namespaces: BTreeSet<String> =
-        offenders.iter().filter_map(|o| o.namespace.clone()).collect();
+    // A Namespace offender (NamespaceCoverage metrics) is itself the namespace to act in.
+    let offender_namespaces: BTreeSet<String> = offenders
+        .iter()
+        .filter_map(|o| if o.kind == "Namespace" { Some(o.name.clone()) } else { o.namespace.clone() })
+        .collect();
     match scope {
         Scope::Metric => Subjects {
             objects: vec![metric_ref(m)],
@@ -274,9 +278,18 @@ pub async fn resolve(
                 }
             },
         };
+        // Notifications change nothing, so exclusions do not apply to them (an Event on a
+        // metric in the operator's namespace is fine); confinement does.
+        let notification = matches!(action.type_, ActionType::Event | ActionType::Webhook);
         let mut targets: Vec<TargetRef> = raw
             .into_iter()
-            .filter(|t| action.type_ == ActionType::Webhook || place.allows(rule, target_namespace(t)))
+            .filter(|t| {
+                if notification {
+                    place.platform || target_namespace(t) == Some(place.namespace)
+                } else {
+                    place.allows(rule, target_namespace(t))
+                }
+            })
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -361,9 +374,10 @@ mod tests {
                 "state": "Breached",
                 "offenders": [
                     {"kind": "Pod", "namespace": "a", "name": "p1"},
-                    {"kind": "Pod", "namespace": "b", "name": "p2"}
+                    {"kind": "Pod", "namespace": "b", "name": "p2"},
+                    {"kind": "Namespace", "name": "c"}
                 ],
-                "offendersTotal": 5,
+                "offendersTotal": 6,
                 "tenants": [
                     {"name": "t1", "state": "Breached"},
                     {"name": "t2", "state": "Warning"},
@@ -373,9 +387,13 @@ mod tests {
         }))
         .unwrap();
         let s = subjects(Scope::Offenders, TriggerState::Breached, &m, &BTreeMap::new());
-        assert_eq!(s.objects.len(), 2);
+        assert_eq!(s.objects.len(), 3);
         assert_eq!(s.objects[0].to_string(), "Pod a/p1");
-        assert_eq!((s.namespaces.clone(), s.unlisted), (vec!["a".to_string(), "b".to_string()], 3));
+        assert_eq!(
+            (s.objects[2].api_version.as_str(), s.objects[2].to_string().as_str()),
+            ("v1", "Namespace c")
+        );
+        assert_eq!((s.namespaces.clone(), s.unlisted), (["a", "b", "c"].map(String::from).to_vec(), 3));
         let s = subjects(Scope::Metric, TriggerState::Breached, &m, &BTreeMap::new());
         assert_eq!(s.objects[0].to_string(), "SecurityMetric platform/m");
         let map = BTreeMap::from([

@@ -89,7 +89,18 @@ async fn policy_where(
     pred: impl Fn(&MetricPolicyStatus) -> bool,
 ) -> MetricPolicyStatus {
     let api: Api<MetricPolicy> = Api::namespaced(env.admin.clone(), ns);
-    eventually(what, || async { api.get(name).await.ok()?.status.filter(|s| pred(s)) }).await
+    let deadline = tokio::time::Instant::now() + crate::harness::WAIT;
+    loop {
+        let status = api.get(name).await.ok().and_then(|p| p.status);
+        if let Some(s) = status.as_ref().filter(|s| pred(s)) {
+            return s.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}; last status: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn records(s: &MetricPolicyStatus, outcome: Outcome) -> Vec<&ActionRecord> {
@@ -106,9 +117,18 @@ async fn events_with_reason(env: &TestEnv, ns: &str, reason: &str) -> Vec<Event>
     list.items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
 }
 
+/// What a remediation could change on a Deployment: its generation (any spec change, e.g.
+/// replicas), labels and annotations. (Its resourceVersion also moves with the deployment
+/// controller's status updates, which are not ours.)
 async fn rv(env: &TestEnv, ns: &str, name: &str) -> String {
     let api: Api<Deployment> = Api::namespaced(env.admin.clone(), ns);
-    api.get(name).await.unwrap().metadata.resource_version.unwrap()
+    let m = api.get(name).await.unwrap().metadata;
+    format!("generation {:?} labels {:?} annotations {:?}", m.generation, m.labels, m.annotations)
+}
+
+async fn namespace_rv(env: &TestEnv, ns: &str) -> String {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.admin.clone());
+    api.get(ns).await.unwrap().metadata.resource_version.unwrap()
 }
 
 #[tokio::test]
@@ -136,6 +156,7 @@ async fn dry_run_plans_records_and_changes_nothing() {
     )
     .await;
     let before = rv(&env, &ns, "web").await;
+    let ns_before = namespace_rv(&env, &ns).await;
 
     let s = policy_where(&env, &ns, "baseline", "four Planned actions", |s| {
         records(s, Outcome::Planned).len() == 4
@@ -164,6 +185,7 @@ async fn dry_run_plans_records_and_changes_nothing() {
         planned.iter().any(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("MetricPolicy"))
     );
     assert_eq!(rv(&env, &ns, "web").await, before, "DryRun must not touch the Deployment");
+    assert_eq!(namespace_rv(&env, &ns).await, ns_before, "nor the namespace");
     let nps: Api<NetworkPolicy> = env.api();
     assert!(nps.list(&ListParams::default()).await.unwrap().items.is_empty());
 
@@ -215,7 +237,8 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
                     "when": {"state": "Breached"},
                     "scope": "Offenders",
                     "cooldown": "2s",
-                    "actions": [{"type": "NetworkIsolation"}, {"type": "ScaleToZero"}]
+                    "actions": [{"type": "NetworkIsolation"}, {"type": "ScaleToZero"},
+                                {"type": "ResourceQuota", "quota": {"requests.cpu": "100m", "pods": "1"}}]
                 }]
             }),
         ),
@@ -223,7 +246,9 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
     .await;
     let before = rv(&env, &ns, "web").await;
     let s = policy_where(&env, &ns, "contain", "Failed records", |s| {
-        has(s, Outcome::Failed, "NetworkIsolation") && has(s, Outcome::Failed, "ScaleToZero")
+        has(s, Outcome::Failed, "NetworkIsolation")
+            && has(s, Outcome::Failed, "ScaleToZero")
+            && has(s, Outcome::Failed, "ResourceQuota")
     })
     .await;
     let np_failure = s.recent_actions.iter().find(|r| r.action.as_str() == "NetworkIsolation").unwrap();
@@ -259,7 +284,12 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
     assert!(spec.ingress.is_none() && spec.egress.is_none(), "default deny");
 
     op = operator::start(&env, &[]);
-    let s = policy_where(&env, &ns, "contain", "both applied", |s| s.active_count == 2).await;
+    let s = policy_where(&env, &ns, "contain", "all three applied", |s| s.active_count == 3).await;
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = env.api();
+    let rq = quotas.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(rq.len(), 1);
+    let hard = rq[0].spec.clone().unwrap().hard.unwrap();
+    assert_eq!((hard["requests.cpu"].0.as_str(), hard["pods"].0.as_str()), ("100m", "1"));
     let deployments: Api<Deployment> = env.api();
     let d = deployments.get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(0));
@@ -267,11 +297,11 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
         d.metadata.annotations.unwrap().get("secmetrics.io/previous-replicas").map(String::as_str),
         Some("2")
     );
-    assert_eq!(records(&s, Outcome::Applied).len(), 2, "{:?}", s.recent_actions);
+    assert_eq!(records(&s, Outcome::Applied).len(), 3, "{:?}", s.recent_actions);
 
     // Recovery reverts both: NetworkPolicy deleted, replicas restored.
     label_owner(&env, &ns, "web").await;
-    let s = policy_where(&env, &ns, "contain", "both reverted", |s| records(s, Outcome::Reverted).len() == 2)
+    let s = policy_where(&env, &ns, "contain", "all reverted", |s| records(s, Outcome::Reverted).len() == 3)
         .await;
     assert_eq!(s.active_count, 0);
     let d = deployments.get("web").await.unwrap();
@@ -279,13 +309,13 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
     assert!(!d.metadata.annotations.unwrap_or_default().contains_key("secmetrics.io/previous-replicas"));
     assert!(nps.list(&ListParams::default()).await.unwrap().items.is_empty());
     // Exactly one Applied record and one Applied Event per target, across the restart.
-    assert_eq!(records(&s, Outcome::Applied).len(), 2, "{:?}", s.recent_actions);
+    assert_eq!(records(&s, Outcome::Applied).len(), 3, "{:?}", s.recent_actions);
     let applied = events_with_reason(&env, &ns, "RemediationApplied").await;
     let on_policy = applied
         .iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("MetricPolicy"))
         .count();
-    assert_eq!(on_policy, 2, "one policy Event per applied action");
+    assert_eq!(on_policy, 3, "one policy Event per applied action");
     drop(op);
 }
 
@@ -417,7 +447,11 @@ async fn webhook_is_signed_sent_once_per_transition_and_failures_are_bounded() {
     let broken = Receiver::start(500).await;
 
     create_deployment(&env, &ns, "web", 1, json!({})).await;
-    create::<SecurityMetric>(&env, &deployment_metric(&ns, "owners")).await;
+    // The namespace is a platform namespace here: keep the metric to its own Deployments, or
+    // other tests' Deployments would move it.
+    let mut metric = deployment_metric(&ns, "owners");
+    metric["spec"]["source"]["kubernetes"]["where"] = json!(format!("object.metadata.namespace == '{ns}'"));
+    create::<SecurityMetric>(&env, &metric).await;
     create::<MetricPolicy>(
         &env,
         &policy(
@@ -536,4 +570,60 @@ async fn tenant_policy_is_confined_and_cannot_define_webhooks() {
         "{:?}",
         s.recent_actions
     );
+}
+
+async fn rejection(env: &TestEnv, spec: Value) -> String {
+    let v = policy(&env.namespace, "bad", spec);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(env.admin.clone(), &env.namespace, &ApiResource::erase::<MetricPolicy>(&()));
+    match api.create(&PostParams::default(), &serde_json::from_value(v).unwrap()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            s.message
+        }
+        other => panic!("the API server accepted an invalid MetricPolicy: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn api_server_rejects_invalid_policies_with_readable_messages() {
+    let Some(env) = crate::harness::setup("invalid_mp").await else { return };
+    env.install_crds().await;
+    let rule = |actions: Value| json!({"name": "r", "when": {"state": "Breached"}, "actions": actions});
+    let none = rejection(&env, json!({})).await;
+    assert!(none.contains("select metrics with metricSelector and/or metrics"), "{none}");
+    let no_key =
+        rejection(&env, json!({"metrics": ["m"], "rules": [rule(json!([{"type": "Label"}]))]})).await;
+    assert!(no_key.contains("Label and Annotate actions need key"), "{no_key}");
+    let no_quota =
+        rejection(&env, json!({"metrics": ["m"], "rules": [rule(json!([{"type": "ResourceQuota"}]))]})).await;
+    assert!(no_quota.contains("ResourceQuota actions need quota"), "{no_quota}");
+    let twice = rejection(
+        &env,
+        json!({"metrics": ["m"], "rules": [rule(json!([{"type": "Event"}, {"type": "Event"}]))]}),
+    )
+    .await;
+    assert!(twice.contains("at most one action of each type per rule"), "{twice}");
+    let dup = rejection(
+        &env,
+        json!({"metrics": ["m"], "rules": [rule(json!([{"type": "Event"}])), rule(json!([{"type": "Event"}]))]}),
+    )
+    .await;
+    assert!(dup.contains("rule names must be unique"), "{dup}");
+    let url = rejection(
+        &env,
+        json!({"metrics": ["m"], "rules": [rule(json!([{"type": "Webhook", "webhook": {"url": "file:///etc/passwd"}}]))]}),
+    )
+    .await;
+    assert!(url.contains("webhook.url"), "{url}");
+    let mode = rejection(&env, json!({"metrics": ["m"], "mode": "Sometimes"})).await;
+    assert!(mode.contains("spec.mode") && mode.contains("Unsupported value"), "{mode}");
+    // The example policy is accepted.
+    let example: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut example = example;
+    example["metadata"]["namespace"] = json!(env.namespace);
+    create::<MetricPolicy>(&env, &example).await;
 }
