@@ -337,6 +337,35 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
         }
     }
 
+    // A webhook cannot be taken back, so it is recorded as sent (or as no longer active)
+    // before it is sent: an operator killed in between never sends it a second time. The
+    // cost is the other way round: such a delivery may be lost, never duplicated.
+    if !webhooks.is_empty() {
+        let mut pending = active.clone();
+        for (s, _, resolved) in &webhooks {
+            if *resolved {
+                pending.retain(|a| !same(a, s));
+            } else {
+                upsert(&mut pending, s, &stamp);
+            }
+        }
+        let interim = build_status(
+            &p,
+            &old,
+            &rollup,
+            &problems,
+            &inputs,
+            pending,
+            &done,
+            acted.clone(),
+            settled.clone(),
+            now,
+        );
+        if interim != old {
+            status::write_policy_status(&api, &name, &interim).await.map_err(Error::Status)?;
+        }
+    }
+
     // Webhooks last and concurrently: a slow or failing receiver delays nobody else.
     let deliveries = webhooks.iter().map(|(s, a, resolved)| {
         let ctx = ctx.clone();

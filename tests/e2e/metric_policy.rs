@@ -627,3 +627,51 @@ async fn api_server_rejects_invalid_policies_with_readable_messages() {
     example["metadata"]["namespace"] = json!(env.namespace);
     create::<MetricPolicy>(&env, &example).await;
 }
+
+#[tokio::test]
+async fn tenant_scope_targets_every_namespace_of_the_breached_tenant_only() {
+    let Some((env, _op)) = operator::setup_platform("mp_tenants").await else { return };
+    let ns = env.namespace.clone();
+    let label = format!("e2e-tenant-{ns}");
+    let mut guards = Vec::new();
+    for (suffix, tenant) in [("a1", "bad"), ("a2", "bad"), ("b1", "good")] {
+        let name = format!("{ns}-{suffix}");
+        env.create_namespace(&name, &[(label.as_str(), tenant)]).await;
+        guards.push(crate::harness::NamespaceGuard::new(&env, &name));
+        let owner = if tenant == "good" { json!({"owner": "x"}) } else { json!({}) };
+        let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &name);
+        pods.create(&PostParams::default(), &serde_json::from_value(pod(&name, "p", owner)).unwrap())
+            .await
+            .unwrap();
+    }
+    // A platform metric over the three namespaces, broken down by the tenant label.
+    let metric = owner_label_metric(
+        &ns,
+        "owners",
+        json!({
+            "source": {"kubernetes": {"namespaceSelector": {"matchExpressions": [{"key": label, "operator": "Exists"}]}}},
+            "tenancy": {"tenantLabel": label},
+            "objective": {"warning": null}
+        }),
+    );
+    create::<SecurityMetric>(&env, &metric).await;
+    create::<MetricPolicy>(
+        &env,
+        &policy(
+            &ns,
+            "tenants",
+            json!({"metrics": ["owners"], "rules": [{"name": "fence", "when": {"state": "Breached"}, "scope": "Tenant",
+                   "actions": [{"type": "NetworkIsolation"}, {"type": "ResourceQuota", "quota": {"pods": "0"}}]}]}),
+        ),
+    )
+    .await;
+    let s = policy_where(&env, &ns, "tenants", "planned fences", |s| records(s, Outcome::Planned).len() == 4)
+        .await;
+    let mut targets: Vec<String> = records(&s, Outcome::Planned)
+        .iter()
+        .map(|r| r.target.split(['/', ' ']).nth(1).unwrap().to_string())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets, [format!("{ns}-a1"), format!("{ns}-a2")], "only the breached tenant's namespaces");
+}

@@ -107,3 +107,13 @@ pub async fn setup(test: &str, platform_namespaces: &[&str]) -> Option<(TestEnv,
     let op = start(&env, platform_namespaces);
     Some((env, op))
 }
+
+/// [`setup`] with the test's own namespace as the platform namespace (cluster-wide policies).
+pub async fn setup_platform(test: &str) -> Option<(TestEnv, Operator)> {
+    let env = crate::harness::setup(test).await?;
+    env.install_crds().await;
+    install_chart_rbac(&env);
+    let ns = env.namespace.clone();
+    let op = start(&env, &[&ns]);
+    Some((env, op))
+}
