@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use crate::api::SecurityMetric;
 use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus};
 use crate::engine::{
-    self, CompileError, CompiledSource, Kind, ObjectKey, Outcome, Pass, Tally, Visibility, aggregate,
+    self, CompileError, CompiledKubernetes, CompiledSource, Kind, ObjectKey, Outcome, Pass, Tally,
+    Visibility, aggregate,
 };
 use crate::sources::kubernetes::{Change, KindState, Observed, Watches};
 use crate::status;
@@ -109,9 +110,11 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
             _ = tokio::time::sleep_until(next_due) => {
                 let now = Instant::now();
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
+                let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
                 for key in due {
                     if let Some(entry) = entries.get_mut(&key) {
-                        evaluate(&client, &recorder, &observed, entry, settings.evaluation_budget).await;
+                        let precomputed = full.remove(&key);
+                        evaluate(&client, &recorder, &observed, entry, settings.evaluation_budget, precomputed).await;
                     }
                 }
             }
@@ -219,6 +222,53 @@ fn on_change(entries: &mut HashMap<(String, String), Entry>, change: Change, deb
     }
 }
 
+type Full = Result<Tally, engine::EvaluationError>;
+type Member<'a> = (&'a (String, String), &'a CompiledKubernetes);
+
+/// Whether `e`'s next evaluation is a full one (not only the changed objects).
+fn needs_full(e: &Entry, now: Instant) -> bool {
+    e.full || now >= e.next_full || e.results.is_none()
+}
+
+/// Full evaluations of the due metrics, one pass over the objects per (kind, visibility)
+/// group of two or more metrics (shared expressions are evaluated once per object).
+/// Metrics not computed here are evaluated on their own by [`evaluate`].
+fn evaluate_full_in_groups(
+    entries: &HashMap<(String, String), Entry>,
+    due: &[(String, String)],
+    observed: &Observed,
+    budget: Duration,
+) -> HashMap<(String, String), Full> {
+    let now = Instant::now();
+    let mut groups: HashMap<(Kind, Visibility), Vec<Member<'_>>> = HashMap::new();
+    for key in due {
+        let Some(e) = entries.get(key) else { continue };
+        let Ok(CompiledSource::Kubernetes(k)) = &e.compiled else { continue };
+        if needs_full(e, now) && matches!(readiness(observed, &k.kinds()), Readiness::Ready) {
+            groups.entry((k.kind.clone(), e.visibility.clone())).or_default().push((key, &**k));
+        }
+    }
+    let mut out = HashMap::new();
+    let groups: Vec<_> = groups.into_iter().filter(|(_, members)| members.len() > 1).collect();
+    if groups.is_empty() {
+        return out;
+    }
+    let index = observed.snapshot();
+    let pass = Pass::with_budget(chrono::Utc::now(), budget);
+    // CPU-bound: keep it off the async worker's cooperative budget.
+    tokio::task::block_in_place(|| {
+        for ((_, visibility), members) in groups {
+            let compiled: Vec<&CompiledKubernetes> = members.iter().map(|(_, k)| *k).collect();
+            let results = CompiledKubernetes::evaluate_group(&compiled, &pass, &index, &visibility);
+            tracing::debug!(kind = %compiled[0].kind, metrics = compiled.len(), "full evaluation in one pass");
+            for ((key, _), result) in members.into_iter().zip(results) {
+                out.insert(key.clone(), result);
+            }
+        }
+    });
+    out
+}
+
 /// The first unavailable kind of a metric, or whether some kind is still syncing.
 enum Readiness {
     Ready,
@@ -243,6 +293,7 @@ async fn evaluate(
     observed: &Observed,
     e: &mut Entry,
     budget: Duration,
+    precomputed: Option<Full>,
 ) {
     let interval = engine::interval(&e.spec);
     let started = Instant::now();
@@ -264,7 +315,7 @@ async fn evaluate(
                 let index = observed.snapshot();
                 let pass = Pass::with_budget(chrono::Utc::now(), budget);
                 // CEL evaluation is CPU-bound: keep it off the async worker's cooperative budget.
-                let full = e.full || Instant::now() >= e.next_full;
+                let full = needs_full(e, Instant::now()) || precomputed.is_some();
                 tokio::task::block_in_place(|| {
                     let mut failed = None;
                     match (&mut e.results, full) {
@@ -275,8 +326,8 @@ async fn evaluate(
                         _ => {
                             e.changed.clear();
                             e.next_full = Instant::now() + interval;
-                            e.results = k
-                                .evaluate_all(&pass, &index, &e.visibility)
+                            e.results = precomputed
+                                .unwrap_or_else(|| k.evaluate_all(&pass, &index, &e.visibility))
                                 .map_err(|err| failed = Some(err))
                                 .ok();
                         }

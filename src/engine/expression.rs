@@ -102,6 +102,11 @@ impl Expression {
         self.program.execute(&ctx)
     }
 
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Evaluates to a bool; any other type is an error naming the type. The fast evaluator
     /// answers when it can; otherwise (errors included) the interpreter does.
     pub fn eval_bool(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<bool, String> {

@@ -2,6 +2,7 @@
 //! and aggregate. Per-object results are kept so that a change to one object re-evaluates
 //! only that object.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cel::Context;
@@ -29,6 +30,9 @@ pub struct CompiledKubernetes {
     tenant_label: String,
 }
 
+/// One object's result of a `passes` expression shared by several metrics of a group.
+type Memo = Option<Result<bool, String>>;
+
 /// The result of one object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectResult {
@@ -55,7 +59,7 @@ struct NamespaceScope<'a> {
 }
 
 /// Where the evaluation may look: everything (platform namespaces) or one namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Visibility {
     Cluster,
     Namespace(String),
@@ -220,6 +224,7 @@ impl CompiledKubernetes {
         obj: &CachedObject,
         ns: &NamespaceScope<'_>,
         lookup: &dyn super::fast::Lookup,
+        passes_memo: Option<&mut Memo>,
     ) -> Option<ObjectResult> {
         if !ns.selected || self.selector.as_ref().is_some_and(|s| !s.matches_node(obj.labels())) {
             return None;
@@ -247,10 +252,16 @@ impl CompiledKubernetes {
         }
         let passes = match &self.passes {
             None => error.is_none(),
-            Some(p) if error.is_none() => p.eval_bool(&pass.root, &inputs).unwrap_or_else(|e| {
-                error = Some(e);
-                false
-            }),
+            Some(p) if error.is_none() => {
+                let result = match passes_memo {
+                    Some(memo) => memo.get_or_insert_with(|| p.eval_bool(&pass.root, &inputs)).clone(),
+                    None => p.eval_bool(&pass.root, &inputs),
+                };
+                result.unwrap_or_else(|e| {
+                    error = Some(e);
+                    false
+                })
+            }
             Some(_) => false,
         };
         let value = match &self.value {
@@ -290,7 +301,7 @@ impl CompiledKubernetes {
                     });
                 }
                 let scope = self.scope_for(&mut ns, index, &k.namespace, visibility);
-                if let Some(r) = self.evaluate_object(pass, o, scope, &lookup) {
+                if let Some(r) = self.evaluate_object(pass, o, scope, &lookup, None) {
                     tally.push(i as u32, r);
                 }
             }
@@ -320,6 +331,27 @@ impl CompiledKubernetes {
         let scope = LookupScope::new(index, visibility.confined_to());
         let lookup = LookupIn { index, visibility };
         let keys: Arc<[ObjectKey]> = table.keys().cloned().collect();
+        // Metrics often share a `passes` expression (one check, several thresholds or
+        // selections): evaluate it once per object. Its result depends on the object, its
+        // namespace, `now` (one per pass) and `tenant` (one per tenant label).
+        let mut slots: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut uses: HashMap<(&str, &str), usize> = HashMap::new();
+        for m in metrics {
+            if let Some(p) = &m.passes {
+                *uses.entry((p.source(), m.tenant_label.as_str())).or_default() += 1;
+            }
+        }
+        let slot_of: Vec<Option<usize>> = metrics
+            .iter()
+            .map(|m| {
+                let key = (m.passes.as_ref()?.source(), m.tenant_label.as_str());
+                (uses[&key] > 1).then(|| {
+                    let next = slots.len();
+                    *slots.entry(key).or_insert(next)
+                })
+            })
+            .collect();
+        let mut memo: Vec<Memo> = vec![None; slots.len()];
         let grouped = with_scope(scope, || {
             let mut tallies: Vec<TallyBuilder> = metrics
                 .iter()
@@ -330,9 +362,13 @@ impl CompiledKubernetes {
                 if i % 64 == 63 && deadline.is_some_and(|d| std::time::Instant::now() > d) {
                     return None;
                 }
-                for ((m, ns), tally) in metrics.iter().zip(scopes.iter_mut()).zip(tallies.iter_mut()) {
+                memo.iter_mut().for_each(|m| *m = None);
+                for (((m, ns), tally), slot) in
+                    metrics.iter().zip(scopes.iter_mut()).zip(tallies.iter_mut()).zip(&slot_of)
+                {
                     let scope = m.scope_for(ns, index, &k.namespace, visibility);
-                    if let Some(r) = m.evaluate_object(pass, o, scope, &lookup) {
+                    let shared = slot.map(|s| &mut memo[s]);
+                    if let Some(r) = m.evaluate_object(pass, o, scope, &lookup, shared) {
                         tally.push(i as u32, r);
                     }
                 }
@@ -373,7 +409,7 @@ impl CompiledKubernetes {
             for key in keys {
                 let result = index.get(&self.kind, key).and_then(|o| {
                     let ns = self.namespace_scope(index, &key.namespace, visibility);
-                    self.evaluate_object(pass, o, &ns, &lookup)
+                    self.evaluate_object(pass, o, &ns, &lookup, None)
                 });
                 tally.set(key.clone(), result);
             }

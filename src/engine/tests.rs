@@ -391,15 +391,23 @@ fn group_evaluation_equals_one_by_one() {
                "value": "object.spec.containers[0].resources.requests.cpuMillis", "selector": {"matchLabels": {"app": "p4"}}}),
         json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": "NamespaceCoverage", "passes": NON_ROOT}),
         json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "object.spec.securityContext.runAsNonRoot"}),
+        // A shared `passes` that reads `tenant`: shared only between metrics with the same
+        // tenant label (the last one has another).
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "tenant == 'team-a'"}),
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "tenant == 'team-a'", "where": "true"}),
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "tenant == 'team-a'"}),
     ];
+    let last = sources.len() - 1;
     let compiled: Vec<_> = sources
         .iter()
-        .map(|src| {
-            let CompiledSource::Kubernetes(k) =
-                compile(&spec(src.clone(), json!({"operator": ">=", "target": 1}), true)).unwrap()
-            else {
-                panic!()
-            };
+        .enumerate()
+        .map(|(i, src)| {
+            let mut spec = spec(src.clone(), json!({"operator": ">=", "target": 1}), true);
+            if i == last {
+                spec.tenancy =
+                    Some(crate::api::security_metric::Tenancy { tenant_label: "unused-label".into() });
+            }
+            let CompiledSource::Kubernetes(k) = compile(&spec).unwrap() else { panic!() };
             k
         })
         .collect();
@@ -408,8 +416,15 @@ fn group_evaluation_equals_one_by_one() {
     for vis in [Visibility::Cluster, Visibility::Namespace("b1".into())] {
         let pass = Pass::new(chrono::Utc::now());
         let grouped = CompiledKubernetes::evaluate_group(&group, &pass, &idx, &vis);
+        let mut tallies = Vec::new();
         for (k, g) in group.iter().zip(grouped) {
-            assert_eq!(g.unwrap(), k.evaluate_all(&pass, &idx, &vis).unwrap(), "{vis:?}");
+            let g = g.unwrap();
+            assert_eq!(g, k.evaluate_all(&pass, &idx, &vis).unwrap(), "{vis:?}");
+            tallies.push(g);
+        }
+        if vis == Visibility::Cluster {
+            // Same expression, other tenant label: another answer (no namespace is named team-a).
+            assert_ne!(tallies[last - 1], tallies[last]);
         }
     }
     // Out of budget together: each metric is then evaluated (and stopped) on its own.

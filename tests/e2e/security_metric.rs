@@ -115,8 +115,13 @@ async fn status_converges_and_follows_object_changes() {
     create_pod(&env, &ns, pod(&ns, "owned", json!({"owner": "team-a"}))).await;
     create_pod(&env, &ns, pod(&ns, "orphan", json!({"app": "x"}))).await;
     create(&env, &owner_label_metric(&ns, "owners", json!({}))).await;
+    // A second metric of the same kind and check, due at the same time: evaluated in the same
+    // pass over the pods, each against its own objective.
+    create(&env, &owner_label_metric(&ns, "owners-strict", json!({"objective": {"warning": null}}))).await;
 
     let s = status_where(&env, &ns, "owners", "value 50", |s| s.value == Some(50.0)).await;
+    let strict = status_where(&env, &ns, "owners-strict", "value 50", |s| s.value == Some(50.0)).await;
+    assert_eq!(strict.state, MetricState::Breached);
     assert_eq!(s.state, MetricState::Warning);
     assert_eq!((s.population, s.passing, s.offenders_total), (Some(2), Some(1), Some(1)));
     assert_eq!(s.offenders[0].name, "orphan");
