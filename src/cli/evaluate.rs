@@ -164,7 +164,14 @@ fn roll_up(p: &MetricPolicy, metrics: &[SecurityMetric], now: &Time) -> MetricPo
     }
 }
 
-/// Evaluates metrics on every core: each worker takes the next metric until none is left.
+/// Most metrics evaluated in one pass. Each holds a tally of every object (about 2 MB at
+/// 50k pods with tenancy) until the pass ends, and every core runs a pass: 2 keeps
+/// `secmetrics evaluate` under 256 MiB at 50k pods on 2 cores (BENCHMARKS.md), 4 does not.
+const MAX_GROUP: usize = 2;
+
+/// Evaluates metrics on every core. Metrics of one kind and visibility form a group that is
+/// evaluated in one pass over the objects (shared expressions once per object); each worker
+/// takes the next group until none is left.
 fn evaluate_parallel(
     metrics: &[SecurityMetric],
     index: &ObjectIndex,
@@ -173,8 +180,43 @@ fn evaluate_parallel(
     now_time: &Time,
     budget: std::time::Duration,
 ) -> Vec<SecurityMetricStatus> {
+    let compiled: Vec<Result<engine::CompiledSource, engine::CompileError>> =
+        metrics.iter().map(|m| engine::compile(&m.spec)).collect();
+    let visibility: Vec<engine::Visibility> = metrics
+        .iter()
+        .map(|m| engine::visibility(m.metadata.namespace.as_deref().unwrap_or_default(), platform))
+        .collect();
+    // Groups of metric indices: one per (kind, visibility); everything else on its own.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_kind: std::collections::HashMap<(Kind, engine::Visibility), usize> = Default::default();
+    for (i, c) in compiled.iter().enumerate() {
+        match c {
+            Ok(engine::CompiledSource::Kubernetes(k)) => {
+                let g = *by_kind.entry((k.kind.clone(), visibility[i].clone())).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[g].push(i);
+            }
+            _ => groups.push(vec![i]),
+        }
+    }
+    // A group holds one tally per metric until it ends: bound its size to bound memory, and
+    // keep metrics sharing a `passes` expression in the same chunk.
+    let source = |i: &usize| match &compiled[*i] {
+        Ok(engine::CompiledSource::Kubernetes(k)) => k.passes_source().unwrap_or_default(),
+        _ => "",
+    };
+    let groups: Vec<Vec<usize>> = groups
+        .into_iter()
+        .flat_map(|mut g| {
+            g.sort_by(|a, b| source(a).cmp(source(b)).then(a.cmp(b)));
+            g.chunks(MAX_GROUP).map(<[usize]>::to_vec).collect::<Vec<_>>()
+        })
+        .collect();
+    let pass = engine::Pass::with_budget(now, budget);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(metrics.len().max(1));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(groups.len().max(1));
     let mut out: Vec<Option<SecurityMetricStatus>> = vec![None; metrics.len()];
     let done: Vec<Vec<(usize, SecurityMetricStatus)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -182,20 +224,21 @@ fn evaluate_parallel(
                 s.spawn(|| {
                     let mut mine = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(m) = metrics.get(i) else { break };
-                        let ns = m.metadata.namespace.clone().unwrap_or_default();
-                        let outcome = engine::evaluate_once(
-                            &m.spec,
-                            index,
-                            &engine::visibility(&ns, platform),
-                            now,
-                            budget,
-                        );
-                        mine.push((
-                            i,
-                            engine::build_status(&m.spec, m.metadata.generation, None, &outcome, now_time),
-                        ));
+                        let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(members) = groups.get(g) else { break };
+                        for (i, outcome) in evaluate_members(members, &compiled, &visibility, index, &pass) {
+                            let m = &metrics[i];
+                            mine.push((
+                                i,
+                                engine::build_status(
+                                    &m.spec,
+                                    m.metadata.generation,
+                                    None,
+                                    &outcome,
+                                    now_time,
+                                ),
+                            ));
+                        }
                     }
                     mine
                 })
@@ -207,6 +250,57 @@ fn evaluate_parallel(
         out[i] = Some(status);
     }
     out.into_iter().map(|s| s.expect("every metric evaluated")).collect()
+}
+
+/// The outcomes of one group (all Kubernetes metrics of one kind and visibility, or one
+/// metric of any source).
+fn evaluate_members(
+    members: &[usize],
+    compiled: &[Result<engine::CompiledSource, engine::CompileError>],
+    visibility: &[engine::Visibility],
+    index: &ObjectIndex,
+    pass: &engine::Pass,
+) -> Vec<(usize, engine::Outcome)> {
+    let kubernetes: Vec<&engine::CompiledKubernetes> = members
+        .iter()
+        .filter_map(|&i| match &compiled[i] {
+            Ok(engine::CompiledSource::Kubernetes(k)) => Some(&**k),
+            _ => None,
+        })
+        .collect();
+    if kubernetes.len() == members.len() {
+        let results =
+            engine::CompiledKubernetes::evaluate_group(&kubernetes, pass, index, &visibility[members[0]]);
+        return members
+            .iter()
+            .zip(kubernetes.iter().zip(results))
+            .map(|(&i, (k, r))| {
+                let outcome = match r {
+                    Ok(tally) => engine::Outcome::Measured(engine::aggregate::measure(
+                        k,
+                        &tally,
+                        engine::MAX_OFFENDERS,
+                    )),
+                    Err(e) => e.into(),
+                };
+                (i, outcome)
+            })
+            .collect();
+    }
+    members
+        .iter()
+        .map(|&i| {
+            let outcome = match &compiled[i] {
+                Err(e) => engine::Outcome::Invalid(e.clone()),
+                Ok(engine::CompiledSource::Unsupported(why)) => engine::Outcome::SourceUnavailable {
+                    reason: "SourceNotSupported".into(),
+                    message: (*why).into(),
+                },
+                Ok(engine::CompiledSource::Kubernetes(_)) => unreachable!("grouped above"),
+            };
+            (i, outcome)
+        })
+        .collect()
 }
 
 enum Resource {

@@ -184,8 +184,10 @@ impl TallyBuilder {
     /// A builder whose results refer to `keys` by index; `per_namespace` keeps the passing
     /// objects per namespace that NamespaceCoverage needs.
     pub fn new(keys: Arc<[ObjectKey]>, per_namespace: bool) -> Self {
+        // Exactly one entry per object at most: no doubling slack, no reallocation copies.
+        let base = Vec::with_capacity(keys.len());
         TallyBuilder {
-            tally: Tally { keys, ..Tally::default() },
+            tally: Tally { keys, base, ..Tally::default() },
             errors: Vec::new(),
             tenant_index: HashMap::new(),
             tenant_accs: Vec::new(),

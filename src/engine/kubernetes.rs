@@ -425,6 +425,11 @@ impl CompiledKubernetes {
         index.namespaces().filter(move |ns| self.namespace_selected(ns, visibility))
     }
 
+    /// The `passes` expression as written (metrics sharing one are best evaluated together).
+    pub fn passes_source(&self) -> Option<&str> {
+        self.passes.as_ref().map(|p| p.source())
+    }
+
     /// The tenant label this metric groups by.
     pub fn tenant_label(&self) -> &str {
         &self.tenant_label

@@ -7,6 +7,7 @@
 //! expression walks it with binary searches over contiguous memory.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use cel::common::types::{
@@ -45,6 +46,9 @@ pub const SHORT: usize = 22;
 const MAX_SHARED_KEYS: usize = 65_536;
 
 static KEYS: LazyLock<Mutex<HashSet<Key>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+/// Set once the table is full: until then every key is shared, so two keys are equal exactly
+/// when they are the same allocation, and a lookup needs no string comparison.
+static KEYS_FULL: AtomicBool = AtomicBool::new(false);
 
 /// The shared key for `k` (a new one once the table is full).
 pub fn key(k: &str) -> Key {
@@ -55,6 +59,8 @@ pub fn key(k: &str) -> Key {
     let new: Key = k.into();
     if keys.len() < MAX_SHARED_KEYS {
         keys.insert(new.clone());
+    } else {
+        KEYS_FULL.store(true, Ordering::Relaxed);
     }
     new
 }
@@ -158,6 +164,11 @@ pub fn map_get<'a>(entries: &'a [(Key, Node)], k: &str) -> Option<&'a Node> {
 pub fn map_get_key<'a>(entries: &'a [(Key, Node)], k: &Key) -> Option<&'a Node> {
     if let Some((_, v)) = entries.iter().find(|(e, _)| Arc::ptr_eq(e, k)) {
         return Some(v);
+    }
+    // Every map key and every compiled field name comes from `key()`: while all of them are
+    // shared, a key not found by identity is absent.
+    if !KEYS_FULL.load(Ordering::Relaxed) {
+        return None;
     }
     map_get(entries, k)
 }
