@@ -35,6 +35,9 @@ pub enum Op {
     /// A comprehension variable (iteration variable or accumulator) by slot.
     Local(usize),
     Select(Box<Op>, Field),
+    /// A chain of two or more selections (`object.metadata.namespace`), walked over the
+    /// nodes without a value per step.
+    Path(Box<Op>, Box<[Field]>),
     Has(Box<Op>, Field),
     Index(Box<Op>, Box<Op>),
     Not(Box<Op>),
@@ -166,7 +169,18 @@ impl Compiler {
             Expr::Select(s) => {
                 let operand = b(self.op(&s.operand));
                 let field = Field::new(&s.field);
-                if s.test { Op::Has(operand, field) } else { Op::Select(operand, field) }
+                if s.test {
+                    return Op::Has(operand, field);
+                }
+                match *operand {
+                    Op::Select(inner, first) => Op::Path(inner, Box::new([first, field])),
+                    Op::Path(inner, fields) => {
+                        let mut fields = fields.into_vec();
+                        fields.push(field);
+                        Op::Path(inner, fields.into_boxed_slice())
+                    }
+                    operand => Op::Select(Box::new(operand), field),
+                }
             }
             Expr::List(l) => Op::List(l.elements.iter().map(|el| self.op(el)).collect()),
             Expr::Comprehension(c) if c.iter_var2.is_none() => {
@@ -379,6 +393,17 @@ impl<'a> Eval<'_, 'a> {
                 V::Map(m) => V::from(field.find(m).ok_or(Bail)?),
                 _ => return Err(Bail),
             },
+            Op::Path(root, fields) => {
+                let V::Map(mut entries) = self.op(root)? else { return Err(Bail) };
+                let (last, init) = fields.split_last().ok_or(Bail)?;
+                for f in init {
+                    match f.find(entries).ok_or(Bail)? {
+                        Node::Map(e) => entries = e,
+                        _ => return Err(Bail),
+                    }
+                }
+                V::from(last.find(entries).ok_or(Bail)?)
+            }
             Op::Has(operand, field) => match self.op(operand)? {
                 V::Map(m) => V::Bool(field.find(m).is_some()),
                 _ => return Err(Bail),
