@@ -23,8 +23,9 @@ use tracing::{info, warn};
 use crate::api::conditions::{self, NewCondition, READY};
 use crate::api::metric_policy::{
     ActionRecord, ActionType, ActiveRemediation, MetricPolicyStatus, Mode, Outcome, RemediationAction,
-    RemediationRule, RuleState, TargetRef,
+    RemediationRule, RuleState, Scope, TargetRef,
 };
+use crate::api::security_metric::MetricState;
 use crate::api::{MetricPolicy, SecurityMetric};
 use crate::engine::policy::{self, MetricView};
 use crate::remediation::events::{self, Notice, stable_hash};
@@ -195,8 +196,7 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
         for view in &selected {
             let m = by_name[view.name];
             let status = m.status.as_ref();
-            let hold =
-                policy::effective_state(view, now) == crate::api::security_metric::MetricState::Unknown;
+            let hold = policy::effective_state(view, now) == MetricState::Unknown;
             let triggered = plan::triggered(rule.when.state, status);
             let mut actions = Vec::new();
             if let Some(since) = triggered
@@ -450,7 +450,7 @@ async fn resolve(
     rule: &RemediationRule,
     m: &SecurityMetric,
 ) -> Result<Vec<plan::ActionTargets>, kube::Error> {
-    let tenants: BTreeSet<String> = if rule.scope == crate::api::metric_policy::Scope::Tenant {
+    let tenants: BTreeSet<String> = if rule.scope == Scope::Tenant {
         targets::breached_tenants(rule.when.state, m).into_iter().collect()
     } else {
         BTreeSet::new()
@@ -551,7 +551,7 @@ async fn deliver(
     s: &Step,
     a: &RemediationAction,
     resolved: bool,
-    state: crate::api::security_metric::MetricState,
+    state: MetricState,
     value: Option<f64>,
 ) -> Result<String, String> {
     let receiver = a.webhook.as_ref().ok_or("no webhook receiver")?;
@@ -663,31 +663,29 @@ fn build_status(
     }
 
     let mut conds = Vec::new();
+    // The first problem names the reason; the message lists them all.
     let ready = match problems.first() {
-        Some((reason, message)) => {
+        Some((reason, _)) => {
             let all: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
-            let _ = message;
             NewCondition::new(READY, false, reason.clone(), all.join("; "))
         }
-        None => NewCondition::new(
-            READY,
-            true,
-            "Reconciled",
-            format!(
-                "{} of {} metrics compliant; {} remediation(s) active",
-                rollup
-                    .metrics
-                    .iter()
-                    .filter(|m| matches!(
-                        m.state,
-                        crate::api::security_metric::MetricState::Compliant
-                            | crate::api::security_metric::MetricState::Warning
-                    ))
-                    .count(),
-                rollup.metrics.len(),
-                active.len()
-            ),
-        ),
+        None => {
+            let compliant = rollup
+                .metrics
+                .iter()
+                .filter(|m| matches!(m.state, MetricState::Compliant | MetricState::Warning))
+                .count();
+            NewCondition::new(
+                READY,
+                true,
+                "Reconciled",
+                format!(
+                    "{compliant} of {} metrics compliant; {} remediation(s) active",
+                    rollup.metrics.len(),
+                    active.len()
+                ),
+            )
+        }
     };
     conds.push(ready);
     let conditions = conditions::merge(&old.conditions, conds, p.metadata.generation, &Time(now));
