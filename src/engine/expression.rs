@@ -29,6 +29,8 @@ pub struct Expression {
     program: Program,
     /// The same expression for the fast evaluator, unless its root is outside its subset.
     fast: Option<fast::Op>,
+    /// Depends on the object only through its namespace (see [`fast::reads_only_namespace`]).
+    namespace_only: bool,
     lookups: Vec<super::objects::Kind>,
 }
 
@@ -77,7 +79,15 @@ impl Expression {
             return Err(e);
         }
         let fast = fast::compile(program.expression());
-        Ok(Expression { field, source: source.to_string(), program, fast, lookups: check.lookups })
+        let namespace_only = fast.as_ref().is_some_and(fast::reads_only_namespace);
+        Ok(Expression {
+            field,
+            source: source.to_string(),
+            program,
+            fast,
+            namespace_only,
+            lookups: check.lookups,
+        })
     }
 
     /// The kinds this expression reads with `lookup()`: watched like the observed kind.
@@ -100,6 +110,12 @@ impl Expression {
         let mut ctx = root.new_inner_scope();
         ctx.set_variable_resolver(&vars);
         self.program.execute(&ctx)
+    }
+
+    /// Whether the expression has one value per namespace (it reads the object only through
+    /// `object.metadata.namespace`).
+    pub fn namespace_only(&self) -> bool {
+        self.namespace_only
     }
 
     /// The expression as written.

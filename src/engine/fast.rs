@@ -127,6 +127,36 @@ pub struct Comprehension {
     result: Op,
 }
 
+/// Whether `op` depends on the object only through `object.metadata.namespace` (and otherwise
+/// on `namespaceObject`, `tenant` and literals): then it has one value per namespace, and a
+/// pass can evaluate it once per run of objects of one namespace ("exclude system
+/// namespaces" filters). Anything the analysis cannot see into answers false.
+pub fn reads_only_namespace(op: &Op) -> bool {
+    let all = |ops: &[&Op]| ops.iter().all(|o| reads_only_namespace(o));
+    match op {
+        Op::Const(_) | Op::Namespace | Op::Tenant | Op::Local(_) => true,
+        Op::Object | Op::Unsupported | Op::Lookup(_) => false,
+        Op::Path(root, fields) => match **root {
+            Op::Object => {
+                fields.len() == 2 && &*fields[0].key == "metadata" && &*fields[1].key == "namespace"
+            }
+            _ => reads_only_namespace(root),
+        },
+        Op::Select(root, _) | Op::Has(root, _) => !matches!(**root, Op::Object) && reads_only_namespace(root),
+        Op::Index(a, b)
+        | Op::And(a, b)
+        | Op::Or(a, b)
+        | Op::Cmp(_, a, b)
+        | Op::Arith(_, a, b)
+        | Op::In(a, b) => all(&[a, b]),
+        Op::Str(_, a, b) => all(&[a, b]),
+        Op::Not(a) | Op::Neg(a) | Op::Size(a) | Op::NotStrictlyFalse(a) => reads_only_namespace(a),
+        Op::Cond(parts) => parts.iter().all(reads_only_namespace),
+        Op::List(items) => items.iter().all(reads_only_namespace),
+        Op::Comprehension(c) => all(&[&c.range, &c.init, &c.cond, &c.step, &c.result]),
+    }
+}
+
 /// Comprehension variables live in fixed slots: two per nesting level.
 const SLOTS: usize = 8;
 

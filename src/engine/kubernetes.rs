@@ -56,6 +56,8 @@ struct NamespaceScope<'a> {
     selected: bool,
     info: Option<&'a NamespaceInfo>,
     tenant: Option<Arc<str>>,
+    /// `where`, when it has one value per namespace: computed for the first object of the run.
+    where_memo: std::cell::OnceCell<Result<bool, String>>,
 }
 
 /// Where the evaluation may look: everything (platform namespaces) or one namespace.
@@ -187,7 +189,13 @@ impl CompiledKubernetes {
         if name.is_empty() {
             // Cluster-scoped objects are invisible to a confined metric.
             let selected = visibility.confined_to().is_none();
-            return NamespaceScope { name: name.clone(), selected, info: None, tenant: None };
+            return NamespaceScope {
+                name: name.clone(),
+                selected,
+                info: None,
+                tenant: None,
+                where_memo: Default::default(),
+            };
         }
         let info = index.namespace(name).map(|ns| &**ns);
         let selected = match (info, visibility.confined_to()) {
@@ -198,7 +206,7 @@ impl CompiledKubernetes {
         };
         // Shared strings: one per tenant, so tallies compare tenants by pointer.
         let tenant = Some(super::node::key(info.map(|ns| ns.tenant(&self.tenant_label)).unwrap_or(name)));
-        NamespaceScope { name: name.clone(), selected, info, tenant }
+        NamespaceScope { name: name.clone(), selected, info, tenant, where_memo: Default::default() }
     }
 
     /// The scope of `namespace`: `current` when it already is that namespace's (objects come
@@ -242,7 +250,12 @@ impl CompiledKubernetes {
         let mut error = None;
         let in_population = match &self.where_ {
             None => true,
-            Some(w) => w.eval_bool(&pass.root, &inputs).unwrap_or_else(|e| {
+            Some(w) => if w.namespace_only() {
+                ns.where_memo.get_or_init(|| w.eval_bool(&pass.root, &inputs)).clone()
+            } else {
+                w.eval_bool(&pass.root, &inputs)
+            }
+            .unwrap_or_else(|e| {
                 error = Some(e);
                 true
             }),

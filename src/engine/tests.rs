@@ -453,3 +453,42 @@ fn namespace_object_and_tenant_come_from_the_objects_namespace() {
         assert_eq!((st.value, st.evaluation_errors), (Some(3.0), None), "{where_}");
     }
 }
+
+#[test]
+fn namespace_only_expressions_are_recognised() {
+    use super::expression::Expression;
+    let only = |src: &str| Expression::compile("where", src).unwrap().namespace_only();
+    assert!(only("object.metadata.namespace != 'kube-system'"));
+    assert!(only("!(object.metadata.namespace in ['a', 'b']) && tenant != 'x'"));
+    assert!(only("namespaceObject.metadata.labels.env == 'prod'"));
+    assert!(only("object.metadata.namespace.startsWith('team-')"));
+    assert!(!only("object.metadata.name != 'x'"));
+    assert!(!only("has(object.metadata.namespace)"), "conservative: a select on object itself");
+    assert!(!only("object.metadata.namespace != 'a' && object.spec.nodeName == 'n'"));
+    assert!(!only("object.spec.containers.all(c, c.name != object.metadata.namespace)"));
+    assert!(!only("lookup('v1', 'Namespace', '', object.metadata.namespace) != null"));
+    assert!(!only("now > timestamp('2020-01-01T00:00:00Z')"), "outside the fast subset: not analysed");
+}
+
+#[test]
+fn a_namespace_only_where_evaluated_once_per_namespace_gives_the_same_tally() {
+    // The second `where` means the same but reads the object elsewhere, so it is evaluated for
+    // every object; the first is evaluated once per namespace run.
+    let tally = |where_: &str| {
+        let src =
+            json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": NON_ROOT, "where": where_});
+        let CompiledSource::Kubernetes(k) =
+            compile(&spec(src, json!({"operator": ">=", "target": 1}), true)).unwrap()
+        else {
+            panic!()
+        };
+        k.evaluate_all(&Pass::new(chrono::Utc::now()), &cluster(), &Visibility::Cluster).unwrap()
+    };
+    for ns in ["a1", "b1", "nowhere"] {
+        let once = tally(&format!("object.metadata.namespace != '{ns}' && tenant != 'team-b'"));
+        let each = tally(&format!(
+            "object.metadata.namespace != '{ns}' && tenant != 'team-b' && object.metadata.name == object.metadata.name"
+        ));
+        assert_eq!(once, each, "{ns}");
+    }
+}
