@@ -246,8 +246,19 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
             }
             continue;
         }
+        // Another metric's remediation holding the same change (one NetworkPolicy per rule
+        // and namespace, one label key, one scaled workload): undoing it now would undo that
+        // one too. The last holder to recover undoes it.
+        let holder = active
+            .iter()
+            .find(|a| {
+                !a.dry_run && a.action == s.action && a.target == s.target && a.key == s.key && !same(a, s)
+            })
+            .map(|a| a.metric.clone());
         let result = if s.dry_run {
             Ok(String::new())
+        } else if let Some(metric) = holder {
+            Ok(format!("kept: still needed for metric {metric}"))
         } else {
             match execute::permissions(&ctx.client, s.action, &s.target, true).await {
                 Ok(perms) => match execute::check(&ctx.client, &perms).await {

@@ -316,6 +316,58 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
         .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("MetricPolicy"))
         .count();
     assert_eq!(on_policy, 3, "one policy Event per applied action");
+
+    // Two metrics holding the same changes: the first to recover keeps them for the other.
+    let mut tiers = deployment_metric(&ns, "tiers");
+    tiers["spec"]["source"]["kubernetes"]["passes"] =
+        json!("has(object.metadata.labels) && 'tier' in object.metadata.labels");
+    create::<SecurityMetric>(&env, &tiers).await;
+    let policies: Api<MetricPolicy> = env.api();
+    policies
+        .patch(
+            "contain",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"metrics": ["owners", "tiers"]}})),
+        )
+        .await
+        .unwrap();
+    let deployments_api: Api<Deployment> = env.api();
+    deployments_api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"owner": null}}})),
+        )
+        .await
+        .unwrap();
+    policy_where(&env, &ns, "contain", "both metrics remediated", |s| s.active_count == 6).await;
+    assert_eq!(deployments.get("web").await.unwrap().spec.unwrap().replicas, Some(0));
+    label_owner(&env, &ns, "web").await;
+    let s =
+        policy_where(&env, &ns, "contain", "owners recovered, changes kept", |s| s.active_count == 3).await;
+    let kept: Vec<&ActionRecord> = s
+        .recent_actions
+        .iter()
+        .filter(|r| r.metric == "owners" && r.outcome == Outcome::Reverted)
+        .take(3)
+        .collect();
+    assert!(
+        kept.iter().all(|r| r.message.as_deref() == Some("kept: still needed for metric tiers")),
+        "{kept:?}"
+    );
+    assert_eq!(nps.list(&ListParams::default()).await.unwrap().items.len(), 1, "still isolated");
+    assert_eq!(deployments.get("web").await.unwrap().spec.unwrap().replicas, Some(0), "still scaled down");
+    deployments_api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})),
+        )
+        .await
+        .unwrap();
+    policy_where(&env, &ns, "contain", "everything reverted", |s| s.active_count == 0).await;
+    assert!(nps.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert_eq!(deployments.get("web").await.unwrap().spec.unwrap().replicas, Some(2), "restored once, to 2");
     drop(op);
 }
 
