@@ -128,17 +128,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
 /// A policy's compliance roll-up over the evaluated metrics of its namespace (remediation is
 /// not planned offline: it depends on the live cluster).
 fn roll_up(p: &MetricPolicy, metrics: &[SecurityMetric], now: &Time) -> MetricPolicyStatus {
-    let empty = Default::default();
-    let views: Vec<MetricView<'_>> = metrics
-        .iter()
-        .filter(|m| m.metadata.namespace == p.metadata.namespace)
-        .map(|m| MetricView {
-            name: m.metadata.name.as_deref().unwrap_or_default(),
-            labels: m.metadata.labels.as_ref().unwrap_or(&empty),
-            spec: &m.spec,
-            status: m.status.as_ref(),
-        })
-        .collect();
+    let views: Vec<MetricView<'_>> =
+        metrics.iter().filter(|m| m.metadata.namespace == p.metadata.namespace).map(MetricView::of).collect();
     let (selected, problem) = match policy::select(&p.spec, &views) {
         Ok(s) => (s, None),
         Err(e) => (Vec::new(), Some(("InvalidSelector".to_string(), e.to_string()))),

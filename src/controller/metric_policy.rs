@@ -144,16 +144,7 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
     let old = p.status.clone().unwrap_or_default();
     let all: Vec<Arc<SecurityMetric>> =
         ctx.metrics.state().into_iter().filter(|m| m.namespace().as_deref() == Some(&ns)).collect();
-    let empty = BTreeMap::new();
-    let views: Vec<MetricView<'_>> = all
-        .iter()
-        .map(|m| MetricView {
-            name: m.metadata.name.as_deref().unwrap_or_default(),
-            labels: m.metadata.labels.as_ref().unwrap_or(&empty),
-            spec: &m.spec,
-            status: m.status.as_ref(),
-        })
-        .collect();
+    let views: Vec<MetricView<'_>> = all.iter().map(|m| MetricView::of(m)).collect();
 
     let mut problems: Vec<(String, String)> = Vec::new();
     let selected = match policy::select(&p.spec, &views) {
@@ -373,7 +364,7 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
             now,
         );
         if interim != old {
-            status::write_policy_status(&api, &name, &interim).await.map_err(Error::Status)?;
+            status::write_status(&api, &name, &interim).await.map_err(Error::Status)?;
         }
     }
 
@@ -440,7 +431,7 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
 
     let status = build_status(&p, &old, &rollup, &problems, &inputs, active, &done, acted, settled, now);
     if old != status {
-        status::write_policy_status(&api, &name, &status).await.map_err(Error::Status)?;
+        status::write_status(&api, &name, &status).await.map_err(Error::Status)?;
         if old.state != status.state {
             info!(namespace = %ns, name = %name, state = status.state.as_str(), "policy state changed");
         }

@@ -357,7 +357,7 @@ async fn evaluate(
         return;
     }
     let api: Api<SecurityMetric> = Api::namespaced(client.clone(), &e.namespace);
-    match status::write_metric_status(&api, &e.name, &new).await {
+    match status::write_status(&api, &e.name, &new).await {
         Ok(()) => {
             let old_state = e.written.as_ref().map(|s| s.state);
             tracing::debug!(namespace = %e.namespace, name = %e.name, state = new.state.as_str(),

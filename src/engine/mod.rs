@@ -211,26 +211,3 @@ pub fn visibility(namespace: &str, platform_namespaces: &[String]) -> Visibility
         Visibility::Namespace(namespace.to_string())
     }
 }
-
-/// Compiles and evaluates one metric against `index` in one go (offline evaluation).
-pub fn evaluate_once(
-    spec: &SecurityMetricSpec,
-    index: &ObjectIndex,
-    visibility: &Visibility,
-    now: chrono::DateTime<chrono::Utc>,
-    budget: std::time::Duration,
-) -> Outcome {
-    match compile(spec) {
-        Err(e) => Outcome::Invalid(e),
-        Ok(CompiledSource::Unsupported(why)) => {
-            Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: why.into() }
-        }
-        Ok(CompiledSource::Kubernetes(k)) => {
-            let pass = Pass::with_budget(now, budget);
-            match k.evaluate_all(&pass, index, visibility) {
-                Err(e) => e.into(),
-                Ok(results) => Outcome::Measured(aggregate::measure(&k, &results, MAX_OFFENDERS)),
-            }
-        }
-    }
-}

@@ -22,6 +22,19 @@ pub struct MetricView<'a> {
     pub status: Option<&'a SecurityMetricStatus>,
 }
 
+impl<'a> MetricView<'a> {
+    /// The view of a SecurityMetric.
+    pub fn of(m: &'a crate::api::SecurityMetric) -> Self {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        MetricView {
+            name: m.metadata.name.as_deref().unwrap_or_default(),
+            labels: m.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+            spec: &m.spec,
+            status: m.status.as_ref(),
+        }
+    }
+}
+
 /// The roll-up of a policy over its metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RollUp {
