@@ -429,6 +429,109 @@ pub struct SecurityMetricStatus {
     /// Number of failing objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offenders_total: Option<i64>,
+    /// Since when `anomalous` is true (the anomaly episode a policy rule acts on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomalous_since: Option<Time>,
+    /// Number of tenants whose own value is outside their baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants_anomalous: Option<i64>,
+    /// The baseline of recent values anomaly detection compares with (spec.anomaly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+    /// Per-tenant baselines (spec.anomaly with spec.tenancy), by tenant name, capped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenant_baselines: Vec<TenantBaseline>,
+    /// Daily and monthly aggregates of the measured values: the tracking evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trend: Option<Trend>,
+    /// Recent Breached episodes, newest first, capped: the records behind MTTR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breaches: Vec<Breach>,
+}
+
+/// Aggregates of the measured values over UTC days and months.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Trend {
+    /// One bucket per UTC day, oldest first, at most 31.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daily: Vec<TrendBucket>,
+    /// One bucket per UTC month, oldest first, at most 12.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monthly: Vec<TrendBucket>,
+}
+
+/// The values and states of one period. Time between two evaluations is attributed to the
+/// earlier one's value and state (it held until the next evaluation), up to `maxAge`; longer
+/// gaps are not observed time.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrendBucket {
+    /// The UTC day (`2026-11-28`) or month (`2026-11`).
+    pub period: String,
+    /// Evaluations recorded in the period.
+    pub samples: i64,
+    /// Lowest value in the period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest value in the period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Time-weighted mean value in the period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    /// The latest value in the period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<f64>,
+    /// Share (0 to 1) of the observed time the metric was Compliant or Warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliant_ratio: Option<f64>,
+    /// Seconds of the period covered by evaluations.
+    pub observed_seconds: i64,
+    /// Seconds of the observed time spent Breached.
+    pub time_in_breach_seconds: i64,
+    /// Seconds of the observed time without data (Unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_seconds: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// One Breached episode. It ends when the metric is Compliant or Warning again (Unknown does
+/// not end it: missing data is not a recovery).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Breach {
+    /// When the metric became Breached.
+    pub since: Time,
+    /// When it recovered; absent while the breach lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
+}
+
+/// An exponentially weighted mean and standard deviation of recent values.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    /// Weighted mean of recent values.
+    pub mean: f64,
+    /// Weighted standard deviation of recent values.
+    pub std_dev: f64,
+    /// Values folded in so far (anomalies are flagged once there are enough).
+    pub samples: i64,
+}
+
+/// One tenant's baseline.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantBaseline {
+    /// Tenant name.
+    pub name: String,
+    /// The tenant's baseline.
+    #[serde(flatten)]
+    pub baseline: Baseline,
 }
 
 /// The state of a metric against its objective.
@@ -480,6 +583,9 @@ pub struct TenantValue {
     pub value: Option<f64>,
     /// The tenant's state against the metric's objective.
     pub state: MetricState,
+    /// The tenant's value is outside its own baseline (spec.anomaly).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anomalous: bool,
 }
 
 /// A failing object, by reference only.

@@ -156,6 +156,7 @@ pub fn build_status(
                         name: name.clone(),
                         value: v.map(round),
                         state: state::state_of(&spec.objective, *v),
+                        anomalous: false,
                     })
                     .collect();
                 status.tenants_total = Some(tenants.len() as i64);

@@ -9,7 +9,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -104,20 +104,22 @@ async fn operator_identity_is_forbidden_until_granted() {
     }
     assert!(!operator_may_list_secrets(&env).await);
 
-    let name = format!("{}-secret-reader", env.namespace);
-    let role: ClusterRole = serde_json::from_value(json!({
+    // A Role in this test's namespace only: tests run in parallel, and a cluster-wide grant
+    // would leak into the other tests' namespaces (the version test asserts "no").
+    let name = "secret-reader";
+    let role: Role = serde_json::from_value(json!({
         "metadata": {"name": name},
         "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}]
     }))
     .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+    let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": "secmetrics", "namespace": "secmetrics-system"}]
     }))
     .unwrap();
-    let roles: Api<ClusterRole> = Api::all(env.admin.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(env.admin.clone());
+    let roles: Api<Role> = env.api();
+    let bindings: Api<RoleBinding> = env.api();
     roles.create(&PostParams::default(), &role).await.unwrap();
     bindings.create(&PostParams::default(), &binding).await.unwrap();
 
@@ -128,8 +130,8 @@ async fn operator_identity_is_forbidden_until_granted() {
     .await;
     secrets.list(&ListParams::default()).await.expect("list secrets after the grant");
 
-    bindings.delete(&name, &DeleteParams::default()).await.unwrap();
-    roles.delete(&name, &DeleteParams::default()).await.unwrap();
+    bindings.delete(name, &DeleteParams::default()).await.unwrap();
+    roles.delete(name, &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test]
