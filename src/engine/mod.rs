@@ -2,6 +2,8 @@
 //! No Kubernetes client here; the controller and `secmetrics evaluate` both drive it.
 
 pub mod aggregate;
+pub mod anomaly;
+pub mod breaches;
 pub mod expression;
 pub mod fast;
 pub mod kubernetes;
@@ -12,11 +14,14 @@ pub mod policy;
 pub mod selector;
 pub mod shared;
 pub mod state;
+pub mod trend;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{self, EXPRESSION_VALID, NewCondition, READY, SOURCE_AVAILABLE};
-use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantValue};
+use crate::api::security_metric::{
+    Anomaly, MetricState, SecurityMetricSpec, SecurityMetricStatus, TenantBaseline, TenantValue,
+};
 pub use aggregate::{Measurement, Tally};
 pub use expression::CompileError;
 pub use kubernetes::{CompiledKubernetes, EvaluationError, ObjectResult, Pass, Visibility};
@@ -159,14 +164,27 @@ pub fn build_status(
                         anomalous: false,
                     })
                     .collect();
+                if let Some(a) = &spec.anomaly {
+                    status.tenant_baselines = tenant_baselines(a, previous, &mut tenants, &m.tenants);
+                    status.tenants_anomalous = Some(tenants.iter().filter(|t| t.anomalous).count() as i64);
+                }
                 status.tenants_total = Some(tenants.len() as i64);
                 status.tenants_breached =
                     Some(tenants.iter().filter(|t| t.state == MetricState::Breached).count() as i64);
                 tenants.sort_by(|a, b| {
-                    b.state.severity().cmp(&a.state.severity()).then_with(|| a.name.cmp(&b.name))
+                    b.state
+                        .severity()
+                        .cmp(&a.state.severity())
+                        .then_with(|| b.anomalous.cmp(&a.anomalous))
+                        .then_with(|| a.name.cmp(&b.name))
                 });
                 tenants.truncate(MAX_TENANTS);
                 status.tenants = tenants;
+            }
+            if let (Some(a), Some(v)) = (&spec.anomaly, m.value) {
+                let before = previous.and_then(|p| p.baseline.as_ref());
+                status.anomalous = before.is_some_and(|b| anomaly::is_anomalous(a, b, v));
+                status.baseline = Some(anomaly::fold(a, before, v));
             }
             ready = match m.value {
                 Some(v) => NewCondition::new(
@@ -179,6 +197,7 @@ pub fn build_status(
             };
         }
     }
+    record_history(spec, previous, &mut status, now);
     let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
     status.conditions = conditions::merge(prev_conditions, vec![ready, source_ok, expr_ok], generation, now);
     status.last_transition = match previous {
@@ -186,6 +205,71 @@ pub fn build_status(
         _ => Some(now.clone()),
     };
     status
+}
+
+/// Most tenants with a baseline kept in status (by tenant name).
+pub const MAX_TENANT_BASELINES: usize = 32;
+
+/// Folds every tenant's value into its baseline and flags the tenants outside theirs.
+fn tenant_baselines(
+    spec: &Anomaly,
+    previous: Option<&SecurityMetricStatus>,
+    tenants: &mut [TenantValue],
+    values: &std::collections::BTreeMap<String, Option<f64>>,
+) -> Vec<TenantBaseline> {
+    let before = previous.map(|p| p.tenant_baselines.as_slice()).unwrap_or_default();
+    let find =
+        |name: &str| before.binary_search_by(|b| b.name.as_str().cmp(name)).ok().map(|i| &before[i].baseline);
+    let mut out = Vec::new();
+    // `values` is sorted by name, so the kept baselines are the first tenants by name.
+    for (name, value) in values {
+        let Some(v) = value.filter(|v| v.is_finite()) else { continue };
+        if out.len() == MAX_TENANT_BASELINES {
+            break;
+        }
+        let old = find(name);
+        if old.is_some_and(|b| anomaly::is_anomalous(spec, b, v))
+            && let Some(t) = tenants.iter_mut().find(|t| &t.name == name)
+        {
+            t.anomalous = true;
+        }
+        out.push(TenantBaseline { name: name.clone(), baseline: anomaly::fold(spec, old, v) });
+    }
+    out
+}
+
+/// Carries the evidence across evaluations: trend buckets, breach episodes, and baselines
+/// and the anomaly episode (kept as they were when this evaluation measured nothing).
+fn record_history(
+    spec: &SecurityMetricSpec,
+    previous: Option<&SecurityMetricStatus>,
+    status: &mut SecurityMetricStatus,
+    now: &Time,
+) {
+    let mut trend = previous.and_then(|p| p.trend.clone()).unwrap_or_default();
+    let held = previous.and_then(|p| {
+        let since = p.last_evaluated.as_ref()?;
+        Some((since.0, trend::Held { value: p.value, state: p.state }))
+    });
+    trend::record(&mut trend, held, now.0, status.value, max_age(spec));
+    status.trend = Some(trend);
+    status.breaches = previous.map(|p| p.breaches.clone()).unwrap_or_default();
+    breaches::record(&mut status.breaches, status.state, now);
+    if spec.anomaly.is_some() {
+        if status.baseline.is_none() {
+            status.baseline = previous.and_then(|p| p.baseline.clone());
+        }
+        if status.tenants_anomalous.is_none() && status.tenant_baselines.is_empty() {
+            status.tenant_baselines = previous.map(|p| p.tenant_baselines.clone()).unwrap_or_default();
+        }
+        status.anomalous |= status.tenants_anomalous.unwrap_or(0) > 0;
+        status.anomalous_since = status.anomalous.then(|| {
+            previous
+                .filter(|p| p.anomalous)
+                .and_then(|p| p.anomalous_since.clone())
+                .unwrap_or_else(|| now.clone())
+        });
+    }
 }
 
 /// Values are reported with at most 4 decimals so status does not churn on float noise.
@@ -196,10 +280,20 @@ fn round(v: f64) -> f64 {
 /// Whether `new` differs from `old` in anything but the evaluation timestamp: only then is
 /// a write needed (besides the heartbeat).
 pub fn status_changed(old: &SecurityMetricStatus, new: &SecurityMetricStatus) -> bool {
-    let strip = |s: &SecurityMetricStatus| SecurityMetricStatus { last_evaluated: None, ..s.clone() };
+    // Trend and baselines change with every evaluation; they are written with real changes
+    // and heartbeats (folding only at writes is exact: see `trend`).
+    let strip = |s: &SecurityMetricStatus| SecurityMetricStatus {
+        last_evaluated: None,
+        trend: None,
+        baseline: None,
+        tenant_baselines: Vec::new(),
+        ..s.clone()
+    };
     strip(old) != strip(new)
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod tests;
 

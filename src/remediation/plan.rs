@@ -20,14 +20,16 @@ pub const DEFAULT_COOLDOWN: SignedDuration = SignedDuration::from_secs(60);
 /// Whether a metric is in a rule's trigger state, and since when (the episode).
 pub fn triggered(state: TriggerState, status: Option<&SecurityMetricStatus>) -> Option<Timestamp> {
     let s = status?;
-    let on = match state {
-        TriggerState::Breached => s.state == MetricState::Breached,
-        TriggerState::Warning => matches!(s.state, MetricState::Warning | MetricState::Breached),
-        TriggerState::Anomalous => s.anomalous,
+    let (on, since) = match state {
+        TriggerState::Breached => (s.state == MetricState::Breached, &s.last_transition),
+        TriggerState::Warning => {
+            (matches!(s.state, MetricState::Warning | MetricState::Breached), &s.last_transition)
+        }
+        TriggerState::Anomalous => (s.anomalous, &s.anomalous_since),
     };
-    // Without a recorded transition the episode starts now-ish; lastEvaluated is the best
+    // Without a recorded start the episode starts now-ish; lastEvaluated is the best
     // stable stand-in (it is in status, so a restart sees the same value).
-    on.then(|| s.last_transition.as_ref().or(s.last_evaluated.as_ref()).map(|t| t.0)).flatten()
+    on.then(|| since.as_ref().or(s.last_evaluated.as_ref()).map(|t| t.0)).flatten()
 }
 
 /// The targets one action would touch for one metric.
@@ -318,7 +320,12 @@ mod tests {
         assert_eq!(triggered(TriggerState::Breached, Some(&s(Warning, false))), None);
         assert_eq!(triggered(TriggerState::Warning, Some(&s(Breached, false))), Some(t(5)));
         assert_eq!(triggered(TriggerState::Warning, Some(&s(Unknown, false))), None);
-        assert_eq!(triggered(TriggerState::Anomalous, Some(&s(Compliant, true))), Some(t(5)));
+        let anomalous = SecurityMetricStatus { anomalous_since: Some(Time(t(9))), ..s(Compliant, true) };
+        assert_eq!(
+            triggered(TriggerState::Anomalous, Some(&anomalous)),
+            Some(t(9)),
+            "the anomaly's own start"
+        );
         assert_eq!(triggered(TriggerState::Breached, None), None);
     }
 

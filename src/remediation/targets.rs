@@ -134,16 +134,16 @@ pub fn subjects(
     }
 }
 
-/// Tenants whose own state is the trigger state (Anomalous: every non-compliant tenant).
+/// Tenants in the trigger state: their own state, or (Anomalous) their own value outside
+/// their own baseline.
 pub fn breached_tenants(trigger: TriggerState, m: &SecurityMetric) -> Vec<String> {
     let tenants = m.status.as_ref().map(|s| s.tenants.as_slice()).unwrap_or_default();
     tenants
         .iter()
         .filter(|t| match trigger {
             TriggerState::Breached => t.state == MetricState::Breached,
-            TriggerState::Warning | TriggerState::Anomalous => {
-                matches!(t.state, MetricState::Warning | MetricState::Breached)
-            }
+            TriggerState::Warning => matches!(t.state, MetricState::Warning | MetricState::Breached),
+            TriggerState::Anomalous => t.anomalous,
         })
         .map(|t| t.name.clone())
         .collect()
@@ -381,7 +381,7 @@ mod tests {
                 "tenants": [
                     {"name": "t1", "state": "Breached"},
                     {"name": "t2", "state": "Warning"},
-                    {"name": "t3", "state": "Compliant"}
+                    {"name": "t3", "state": "Compliant", "anomalous": true}
                 ]
             }
         }))
@@ -404,5 +404,8 @@ mod tests {
         assert_eq!(s.namespaces, ["t1-a", "t1-b"]);
         let s = subjects(Scope::Tenant, TriggerState::Warning, &m, &map);
         assert_eq!(s.namespaces, ["t1-a", "t1-b", "t2-a"]);
+        let map = BTreeMap::from([("t3".to_string(), vec!["t3-a".to_string()])]);
+        let s = subjects(Scope::Tenant, TriggerState::Anomalous, &m, &map);
+        assert_eq!(s.namespaces, ["t3-a"], "only the tenant outside its own baseline");
     }
 }
