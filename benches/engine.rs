@@ -26,7 +26,7 @@ fn setup() -> (ObjectIndex, Vec<engine::CompiledKubernetes>) {
             let spec: SecurityMetricSpec = serde_json::from_value(synthetic::metric_spec(i)).unwrap();
             match engine::compile(&spec).unwrap() {
                 CompiledSource::Kubernetes(k) => *k,
-                CompiledSource::Unsupported(_) => unreachable!(),
+                _ => unreachable!("synthetic metrics are Kubernetes metrics"),
             }
         })
         .collect();

@@ -32,6 +32,7 @@ use super::security_metric::{ComplianceControl, MetricState};
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Score", type_ = "number", json_path = ".status.score"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeCount"),
+    printcolumn(name = "Last Action", type_ = "string", json_path = ".status.lastAction"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.metricSelector) || (has(self.metrics) && size(self.metrics) > 0)").message("select metrics with metricSelector and/or metrics"))]
@@ -312,6 +313,9 @@ pub struct MetricPolicyStatus {
     /// Number of active remediations (for `kubectl get`).
     #[serde(default)]
     pub active_count: i64,
+    /// The newest action in one line, e.g. `Planned ResourceQuota Namespace t1 (rule clamp)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<String>,
     /// The latest actions, newest first, capped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_actions: Vec<ActionRecord>,
@@ -442,6 +446,13 @@ impl Outcome {
             Outcome::Refused => "Refused",
             Outcome::Failed => "Failed",
         }
+    }
+}
+
+impl ActionRecord {
+    /// The action in one line, for `kubectl get` and logs.
+    pub fn summary(&self) -> String {
+        format!("{} {} {} (rule {})", self.outcome.as_str(), self.action.as_str(), self.target, self.rule)
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::load::{self, Document, LoadError, unknown_fields};
 use crate::api::conditions::{self, NewCondition, READY};
-use crate::api::metric_policy::{MetricPolicyStatus, PolicyState};
+use crate::api::metric_policy::{ActionRecord, MetricPolicyStatus, PolicyState};
 use crate::api::security_metric::{MetricState, SecurityMetricStatus};
 use crate::api::{MetricPolicy, SecurityMetric};
 use crate::engine::policy::{self, MetricView};
@@ -103,12 +103,17 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
         &now_time,
         engine::DEFAULT_EVALUATION_BUDGET,
     );
-    let mut exit = 0;
+    let previous: Vec<Option<SecurityMetricStatus>> = metrics.iter().map(|m| m.status.clone()).collect();
     for (m, status) in metrics.iter_mut().zip(statuses) {
+        m.status = Some(status);
+    }
+    evaluate_history(&mut metrics, &previous, &policies, &now_time);
+    let mut exit = 0;
+    for m in &metrics {
+        let status = m.status.as_ref().expect("every metric evaluated");
         if !matches!(status.state, MetricState::Compliant | MetricState::Warning) {
             exit = 1;
         }
-        m.status = Some(status);
     }
     if !policies.is_empty() {
         exit = 0;
@@ -123,6 +128,42 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<u8, EvaluateError> {
     write_output(args.output, &metrics, &policies, &args.platform_namespaces, out)
         .map_err(|e| EvaluateError::Output(e.to_string()))?;
     Ok(exit)
+}
+
+/// Evaluates `history` metrics from the records of the other metrics (as just evaluated)
+/// and the actions the input MetricPolicies recorded, per namespace.
+fn evaluate_history(
+    metrics: &mut [SecurityMetric],
+    previous: &[Option<SecurityMetricStatus>],
+    policies: &[MetricPolicy],
+    now: &Time,
+) {
+    let mut computed = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        let Ok(engine::CompiledSource::History(h)) = engine::compile(&m.spec) else { continue };
+        let namespace = m.metadata.namespace.clone().unwrap_or_default();
+        let views: Vec<MetricView<'_>> = metrics
+            .iter()
+            .filter(|o| o.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .map(MetricView::of)
+            .collect();
+        let actions: Vec<&ActionRecord> = policies
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .filter_map(|p| p.status.as_ref())
+            .flat_map(|s| s.recent_actions.iter())
+            .collect();
+        let name = m.metadata.name.as_deref().unwrap_or_default();
+        let measured = h.measure(name, &namespace, &views, &actions, now.0, engine::MAX_OFFENDERS);
+        let outcome = engine::Outcome::Measured(measured);
+        computed.push((
+            i,
+            engine::build_status(&m.spec, m.metadata.generation, previous[i].as_ref(), &outcome, now),
+        ));
+    }
+    for (i, status) in computed {
+        metrics[i].status = Some(status);
+    }
 }
 
 /// A policy's compliance roll-up over the evaluated metrics of its namespace (remediation is
@@ -288,6 +329,11 @@ fn evaluate_members(
                     message: (*why).into(),
                 },
                 Ok(engine::CompiledSource::Kubernetes(_)) => unreachable!("grouped above"),
+                // Replaced once the other metrics are evaluated (see `evaluate_history`).
+                Ok(engine::CompiledSource::History(_)) => engine::Outcome::SourceUnavailable {
+                    reason: "NotEvaluated".into(),
+                    message: "history metrics are evaluated after the others".into(),
+                },
             };
             (i, outcome)
         })

@@ -701,6 +701,7 @@ fn build_status(
         frameworks: rollup.frameworks.clone(),
         active_count: active.len() as i64,
         active_remediations: active,
+        last_action: recent.first().map(ActionRecord::summary),
         recent_actions: recent,
         rule_states,
     }

@@ -5,23 +5,26 @@
 //! re-evaluated), and each metric's interval (a full re-evaluation). Status is written only
 //! when it changed, plus one heartbeat per interval that refreshes `lastEvaluated`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::api::SecurityMetric;
+use crate::api::metric_policy::ActionRecord;
 use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus};
+use crate::api::{MetricPolicy, SecurityMetric};
+use crate::engine::policy::MetricView;
 use crate::engine::{
     self, CompileError, CompiledKubernetes, CompiledSource, Kind, ObjectKey, Outcome, Pass, Tally,
     Visibility, aggregate,
@@ -46,6 +49,7 @@ struct Entry {
     name: String,
     namespace: String,
     generation: Option<i64>,
+    labels: BTreeMap<String, String>,
     spec: SecurityMetricSpec,
     compiled: Result<CompiledSource, CompileError>,
     visibility: Visibility,
@@ -86,6 +90,18 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
     }
     let mut metric_events = watcher(metrics_api, config).default_backoff().applied_or_deleted().boxed();
     let mut entries: HashMap<(String, String), Entry> = HashMap::new();
+    // History metrics read the others' records: not before all of them are known.
+    let mut metrics_listed = false;
+    // MetricPolicies' recorded actions feed `history` metrics (RemediationCount).
+    let (policies, writer) = reflector::store::<MetricPolicy>();
+    tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher(Api::<MetricPolicy>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(())),
+    );
 
     loop {
         let next_due = entries
@@ -103,6 +119,7 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                     entries.remove(&(m.namespace().unwrap_or_default(), m.name_any()));
                     watches.ensure(&wanted_kinds(&entries));
                 }
+                Some(Ok(AppliedOrDeleted::Listed)) => metrics_listed = true,
                 Some(Err(e)) => warn!(error = %e, "SecurityMetric watch error; retrying"),
                 None => return,
             },
@@ -112,9 +129,10 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
                 let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
                 for key in due {
+                    let history = metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten();
                     if let Some(entry) = entries.get_mut(&key) {
                         let precomputed = full.remove(&key);
-                        evaluate(&client, &recorder, &observed, entry, settings.evaluation_budget, precomputed).await;
+                        evaluate(&client, &recorder, &observed, entry, settings.evaluation_budget, precomputed, history).await;
                     }
                 }
             }
@@ -124,10 +142,11 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
 
 use kube::runtime::watcher::Event as WatchEvent;
 
-/// A metric applied or deleted (init events folded in).
+/// A metric applied or deleted (init events folded in), or the initial list complete.
 enum AppliedOrDeleted {
     Applied(SecurityMetric),
     Deleted(SecurityMetric),
+    Listed,
 }
 
 trait AppliedOrDeletedExt {
@@ -149,7 +168,8 @@ where
                     Some(Ok(AppliedOrDeleted::Applied(m)))
                 }
                 Ok(WatchEvent::Delete(m)) => Some(Ok(AppliedOrDeleted::Deleted(m))),
-                Ok(WatchEvent::Init) | Ok(WatchEvent::InitDone) => None,
+                Ok(WatchEvent::InitDone) => Some(Ok(AppliedOrDeleted::Listed)),
+                Ok(WatchEvent::Init) => None,
                 Err(e) => Some(Err(e)),
             }
         })
@@ -179,6 +199,7 @@ fn on_metric(entries: &mut HashMap<(String, String), Entry>, m: SecurityMetric, 
             namespace: key.0,
             generation,
             object_ref: m.object_ref(&()),
+            labels: m.metadata.labels.clone().unwrap_or_default(),
             spec: m.spec,
             compiled,
             visibility,
@@ -287,6 +308,30 @@ fn readiness(observed: &Observed, kinds: &[Kind]) -> Readiness {
     Readiness::Ready
 }
 
+/// The outcome of a `history` metric from the records of the other metrics in its namespace
+/// (as this controller last wrote or saw them) and of the MetricPolicies there. None for
+/// other sources, and while the policies are still loading.
+fn history_outcome(
+    entries: &HashMap<(String, String), Entry>,
+    key: &(String, String),
+    policies: &Store<MetricPolicy>,
+) -> Option<Outcome> {
+    let e = entries.get(key)?;
+    let Ok(CompiledSource::History(h)) = &e.compiled else { return None };
+    policies.wait_until_ready().now_or_never()?.ok()?;
+    let metrics: Vec<MetricView<'_>> = entries
+        .values()
+        .filter(|m| m.namespace == e.namespace)
+        .map(|m| MetricView { name: &m.name, labels: &m.labels, spec: &m.spec, status: m.written.as_ref() })
+        .collect();
+    let in_namespace =
+        policies.state_filter(|p| p.metadata.namespace.as_deref() == Some(e.namespace.as_str()));
+    let actions: Vec<&ActionRecord> =
+        in_namespace.iter().filter_map(|p| p.status.as_ref()).flat_map(|s| s.recent_actions.iter()).collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Some(Outcome::Measured(h.measure(&e.name, &e.namespace, &metrics, &actions, now, engine::MAX_OFFENDERS)))
+}
+
 async fn evaluate(
     client: &Client,
     recorder: &Recorder,
@@ -294,11 +339,20 @@ async fn evaluate(
     e: &mut Entry,
     budget: Duration,
     precomputed: Option<Full>,
+    history: Option<Outcome>,
 ) {
     let interval = engine::interval(&e.spec);
     let started = Instant::now();
     let outcome = match &e.compiled {
         Err(err) => Outcome::Invalid(err.clone()),
+        Ok(CompiledSource::History(_)) => match history {
+            Some(outcome) => outcome,
+            None => {
+                // MetricPolicies are still loading.
+                e.due = Instant::now() + Duration::from_millis(500);
+                return;
+            }
+        },
         Ok(CompiledSource::Unsupported(why)) => {
             Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: (*why).into() }
         }

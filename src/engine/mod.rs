@@ -6,6 +6,7 @@ pub mod anomaly;
 pub mod breaches;
 pub mod expression;
 pub mod fast;
+pub mod history;
 pub mod kubernetes;
 pub mod lookup;
 pub mod node;
@@ -38,6 +39,8 @@ pub const MAX_OFFENDERS: usize = 20;
 #[derive(Debug)]
 pub enum CompiledSource {
     Kubernetes(Box<CompiledKubernetes>),
+    /// Computed from the operator's own records.
+    History(Box<history::CompiledHistory>),
     /// A source this build does not evaluate yet; the message says which.
     Unsupported(&'static str),
 }
@@ -52,9 +55,9 @@ pub fn compile(spec: &SecurityMetricSpec) -> Result<CompiledSource, CompileError
         (None, Some(_), None) => {
             Ok(CompiledSource::Unsupported("the prometheus source is not available in this version"))
         }
-        (None, None, Some(_)) => {
-            Ok(CompiledSource::Unsupported("the history source is not available in this version"))
-        }
+        (None, None, Some(h)) => history::CompiledHistory::compile(h)
+            .map(|c| CompiledSource::History(Box::new(c)))
+            .map_err(|e| CompileError { field: e.field, message: e.to_string(), position: None }),
         _ => Err(CompileError {
             field: "source",
             message: "exactly one of kubernetes, prometheus, history must be set".into(),
@@ -108,6 +111,9 @@ pub fn build_status(
     outcome: &Outcome,
     now: &Time,
 ) -> SecurityMetricStatus {
+    // The API server keeps whole seconds: so does the status held in memory, or records
+    // compared across a restart (breach durations, trend spans) would disagree.
+    let now = &Time(k8s_openapi::jiff::Timestamp::from_second(now.0.as_second()).unwrap_or(now.0));
     let objective_text = state::describe(&spec.objective);
     let mut status = SecurityMetricStatus {
         observed_generation: generation,

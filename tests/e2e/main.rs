@@ -6,6 +6,7 @@ mod harness;
 mod receiver;
 
 mod control_plane;
+mod evidence;
 mod metric_policy;
 mod operator;
 mod security_metric;

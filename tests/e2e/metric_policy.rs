@@ -31,7 +31,7 @@ fn deployment_metric(ns: &str, name: &str) -> Value {
     )
 }
 
-fn policy(ns: &str, name: &str, spec: Value) -> Value {
+pub(crate) fn policy(ns: &str, name: &str, spec: Value) -> Value {
     let mut p = json!({
         "apiVersion": "secmetrics.io/v1alpha1",
         "kind": "MetricPolicy",
@@ -45,7 +45,7 @@ fn policy(ns: &str, name: &str, spec: Value) -> Value {
     p
 }
 
-async fn create<K: kube::Resource<DynamicType = ()>>(env: &TestEnv, v: &Value) {
+pub(crate) async fn create<K: kube::Resource<DynamicType = ()>>(env: &TestEnv, v: &Value) {
     let ns = v["metadata"]["namespace"].as_str().unwrap_or(&env.namespace);
     let api: Api<DynamicObject> = Api::namespaced_with(env.admin.clone(), ns, &ApiResource::erase::<K>(&()));
     let obj: DynamicObject = serde_json::from_value(v.clone()).unwrap();
@@ -81,7 +81,7 @@ async fn label_owner(env: &TestEnv, ns: &str, name: &str) {
 }
 
 /// Waits until the policy's status satisfies `pred`; returns it.
-async fn policy_where(
+pub(crate) async fn policy_where(
     env: &TestEnv,
     ns: &str,
     name: &str,
@@ -103,7 +103,7 @@ async fn policy_where(
     }
 }
 
-fn records(s: &MetricPolicyStatus, outcome: Outcome) -> Vec<&ActionRecord> {
+pub(crate) fn records(s: &MetricPolicyStatus, outcome: Outcome) -> Vec<&ActionRecord> {
     s.recent_actions.iter().filter(|r| r.outcome == outcome).collect()
 }
 
@@ -111,7 +111,7 @@ fn has(s: &MetricPolicyStatus, outcome: Outcome, action: &str) -> bool {
     s.recent_actions.iter().any(|r| r.outcome == outcome && r.action.as_str() == action)
 }
 
-async fn events_with_reason(env: &TestEnv, ns: &str, reason: &str) -> Vec<Event> {
+pub(crate) async fn events_with_reason(env: &TestEnv, ns: &str, reason: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(env.admin.clone(), ns);
     let list = api.list(&ListParams::default()).await.unwrap();
     list.items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
