@@ -346,14 +346,18 @@ impl Operator {
     }
 }
 
-/// Anomaly detection against the metric's own recent values.
+/// Anomaly detection against the metric's own recent values: an exponentially weighted mean
+/// and standard deviation (kept in status as `baseline`, and per tenant in `tenantBaselines`).
+/// A value more than `sensitivity` deviations away (at least 5% of the mean) is anomalous,
+/// once the baseline holds `window / 2` samples (at least 3). One sample per status write: at
+/// every change and at the heartbeat once per interval.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Anomaly {
-    /// Number of recent samples forming the baseline.
+    /// Number of recent samples carrying most of the baseline's weight (EWMA span).
     #[schemars(range(min = 3, max = 100))]
     pub window: i32,
-    /// How far (robust z-score) from the baseline a value must be to be anomalous.
+    /// How many standard deviations from the baseline mean a value must be to be anomalous.
     pub sensitivity: f64,
 }
 
