@@ -1,5 +1,5 @@
-//! `/healthz` and `/readyz` for kubelet probes. Deliberately tiny: plain HTTP/1.1 on a
-//! TcpListener, one short response per connection.
+//! `/healthz`, `/readyz` (kubelet probes) and `/metrics` (Prometheus). Deliberately tiny:
+//! plain HTTP/1.1 on a TcpListener, one response per connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::warn;
 
-/// Serves probes on `listener` until the process ends. `ready` flips once the controller has
-/// checked that its CRDs are served and started its watches.
+/// Serves probes and metrics on `listener` until the process ends. `ready` flips once the
+/// CRDs are served and the caches have synced.
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
@@ -22,14 +22,19 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>) {
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (code, body) = match path {
-                "/healthz" => ("200 OK", "ok"),
-                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok"),
-                "/readyz" => ("503 Service Unavailable", "not started"),
-                _ => ("404 Not Found", "not found"),
+            let (code, content_type, body) = match path {
+                "/healthz" => ("200 OK", "text/plain", "ok".to_string()),
+                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ok".to_string()),
+                "/readyz" => ("503 Service Unavailable", "text/plain", "caches not synced yet".to_string()),
+                "/metrics" => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    crate::metrics::encode(),
+                ),
+                _ => ("404 Not Found", "text/plain", "not found".to_string()),
             };
             let response = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             if let Err(e) = conn.write_all(response.as_bytes()).await {

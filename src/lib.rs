@@ -8,6 +8,8 @@ pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod remediation;
 pub mod sources;
 pub mod status;

@@ -22,12 +22,14 @@ use tracing::{info, warn};
 
 use crate::api::conditions::{self, NewCondition, READY};
 use crate::api::metric_policy::{
-    ActionRecord, ActionType, ActiveRemediation, MetricPolicyStatus, Mode, Outcome, RemediationAction,
-    RemediationRule, RuleState, Scope, TargetRef,
+    ActionRecord, ActionType, ActiveRemediation, MetricPolicyStatus, Mode, Outcome, PolicyState,
+    RemediationAction, RemediationRule, RuleState, Scope, TargetRef,
 };
 use crate::api::security_metric::MetricState;
 use crate::api::{MetricPolicy, SecurityMetric};
 use crate::engine::policy::{self, MetricView};
+use crate::leader::Leadership;
+use crate::metrics;
 use crate::remediation::events::{self, Notice, stable_hash};
 use crate::remediation::plan::{self, RuleInput, Step};
 use crate::remediation::targets::{self, PolicyPlace};
@@ -51,6 +53,8 @@ pub struct Settings {
     pub operator_namespace: String,
     /// Only policies (and metrics) matching this label selector.
     pub selector: Option<String>,
+    /// Whether this replica may write and act.
+    pub leadership: Leadership,
 }
 
 struct Ctx {
@@ -99,6 +103,9 @@ pub async fn run(client: Client, settings: Settings) {
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
+                if matches!(e, kube::runtime::controller::Error::QueueError(_)) {
+                    metrics::count_watch_error("MetricPolicy");
+                }
                 tracing::debug!(error = %e, "policy reconcile");
             }
         })
@@ -117,9 +124,23 @@ struct Done {
     episode: Timestamp,
 }
 
+/// How soon a follower looks again (it takes over within a lease duration).
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(2);
+
 async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if !ctx.settings.leadership.is_leader() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_as_leader(p, ctx).await;
+    metrics::observe_reconcile("metricpolicy", started.elapsed().as_secs_f64(), result.is_err());
+    result
+}
+
+async fn reconcile_as_leader(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = p.namespace().unwrap_or_default();
     let name = p.name_any();
+    let leading = || ctx.settings.leadership.is_leader();
     // Before the metric store's first list, every metric would look missing, and every active
     // remediation would look orphaned and be reverted.
     if ctx.metrics.wait_until_ready().await.is_err() {
@@ -132,7 +153,10 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
     let p = match api.get_opt(&name).await.map_err(Error::Read)? {
         // Deleted, or deleted and re-created (a new object gets its own reconcile).
         Some(fresh) if fresh.metadata.uid == p.metadata.uid => Arc::new(fresh),
-        _ => return Ok(Action::await_change()),
+        _ => {
+            metrics::forget_policy(&ns, &name);
+            return Ok(Action::await_change());
+        }
     };
     let now = Timestamp::now();
     let place = PolicyPlace {
@@ -200,6 +224,10 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
         }
     }
     let plan = plan::plan(p.spec.mode, &inputs, &old.active_remediations, &old.rule_states, now);
+    // Fencing: a replica that lost the lease while deciding does not act.
+    if !leading() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
 
     // Act: reverts first, then applies grouped per (rule, metric, action) so permissions are
     // checked for all targets of an action before the first change.
@@ -363,6 +391,9 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
             settled.clone(),
             now,
         );
+        if !leading() {
+            return Ok(Action::requeue(FOLLOWER_RECHECK));
+        }
         if interim != old {
             status::write_status(&api, &name, &interim).await.map_err(Error::Status)?;
         }
@@ -430,6 +461,13 @@ async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error>
     }
 
     let status = build_status(&p, &old, &rollup, &problems, &inputs, active, &done, acted, settled, now);
+    for d in &done {
+        metrics::count_remediation(d.record.action.as_str(), d.record.outcome.as_str());
+    }
+    metrics::record_policy(&ns, &name, status.score, status.state == PolicyState::Compliant);
+    if !leading() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
     if old != status {
         status::write_status(&api, &name, &status).await.map_err(Error::Status)?;
         if old.state != status.state {

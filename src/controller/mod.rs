@@ -14,6 +14,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tracing::info;
 
 use crate::api::SecurityMetric;
+use crate::leader;
 use crate::telemetry::{self, LogFormat};
 
 /// Arguments of `secmetrics run`.
@@ -46,6 +47,21 @@ pub struct RunArgs {
     /// Log level (tracing filter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", env = "SECMETRICS_LOG_LEVEL")]
     pub log_level: String,
+    /// Elect a leader among replicas on a Lease; only the leader writes and acts. Turn off
+    /// only for a single replica.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease (in the operator's namespace) the replicas compete for.
+    #[arg(long, default_value = "secmetrics")]
+    pub leader_election_id: String,
+    /// How long a lease is valid after its last renewal (the longest takeover after a leader
+    /// dies). A leader that cannot renew stops writing after two thirds of it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Metrics with more tenants than this export no per-tenant Prometheus series
+    /// (cardinality bound); 0 turns them off.
+    #[arg(long, default_value_t = 20)]
+    pub tenant_series_limit: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -65,27 +81,44 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("listing SecurityMetrics failed: are the CRDs installed (kubectl apply -f crds/) and is list allowed?")?;
 
+    crate::metrics::init();
+    crate::metrics::TENANT_SERIES_LIMIT.store(args.tenant_series_limit, Ordering::Relaxed);
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(&args.probe_addr)
         .await
         .with_context(|| format!("binding the probe address {}", args.probe_addr))?;
     tokio::spawn(crate::http::serve(listener, ready.clone()));
 
-    let reporter = Reporter { controller: "secmetrics".into(), instance: std::env::var("POD_NAME").ok() };
+    let identity =
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let leadership = if args.leader_elect {
+        let timing = leader::Timing {
+            lease_duration: args.lease_duration,
+            renew_deadline: args.lease_duration * 2 / 3,
+            retry_period: (args.lease_duration / 7).max(Duration::from_millis(500)),
+        };
+        leader::start(client.clone(), &args.namespace, &args.leader_election_id, identity.clone(), timing)
+    } else {
+        crate::metrics::LEADER.set(1);
+        leader::Leadership::always()
+    };
+    let reporter = Reporter { controller: "secmetrics".into(), instance: Some(identity) };
     let recorder = Recorder::new(client.clone(), reporter);
     let settings = security_metric::Settings {
         platform_namespaces: args.platform_namespaces.clone(),
         debounce: args.debounce,
         metric_selector: args.metric_selector.clone(),
         evaluation_budget: args.evaluation_budget,
+        leadership: leadership.clone(),
+        ready: ready.clone(),
     };
     let policy_settings = metric_policy::Settings {
         platform_namespaces: args.platform_namespaces.clone(),
         operator_namespace: args.namespace.clone(),
         selector: args.metric_selector.clone(),
+        leadership,
     };
-    info!(platform_namespaces = ?settings.platform_namespaces, "secmetrics controller starting");
-    ready.store(true, Ordering::Relaxed);
+    info!(platform_namespaces = ?settings.platform_namespaces, leader_elect = args.leader_elect, "secmetrics controller starting");
     tokio::select! {
         _ = security_metric::run(client.clone(), settings, recorder) => anyhow::bail!("the SecurityMetric watch ended"),
         _ = metric_policy::run(client, policy_settings) => anyhow::bail!("the MetricPolicy controller ended"),
@@ -94,6 +127,12 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "secmetrics".into())
 }
 
 async fn shutdown_signal() {

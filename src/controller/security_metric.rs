@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -29,6 +30,8 @@ use crate::engine::{
     self, CompileError, CompiledKubernetes, CompiledSource, Kind, ObjectKey, Outcome, Pass, Tally,
     Visibility, aggregate,
 };
+use crate::leader::Leadership;
+use crate::metrics;
 use crate::sources::kubernetes::{Change, KindState, Observed, Watches};
 use crate::status;
 
@@ -43,6 +46,10 @@ pub struct Settings {
     pub metric_selector: Option<String>,
     /// Longest a metric's full evaluation may run before it is stopped and reported.
     pub evaluation_budget: Duration,
+    /// Whether this replica may write.
+    pub leadership: Leadership,
+    /// Set once the SecurityMetrics are listed and every observed kind has synced (or failed).
+    pub ready: Arc<AtomicBool>,
 }
 
 struct Entry {
@@ -117,28 +124,51 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 }
                 Some(Ok(AppliedOrDeleted::Deleted(m))) => {
                     entries.remove(&(m.namespace().unwrap_or_default(), m.name_any()));
+                    metrics::forget_metric(&m.namespace().unwrap_or_default(), &m.name_any());
                     watches.ensure(&wanted_kinds(&entries));
                 }
                 Some(Ok(AppliedOrDeleted::Listed)) => metrics_listed = true,
-                Some(Err(e)) => warn!(error = %e, "SecurityMetric watch error; retrying"),
+                Some(Err(e)) => {
+                    metrics::count_watch_error("SecurityMetric");
+                    warn!(error = %e, "SecurityMetric watch error; retrying");
+                }
                 None => return,
             },
             Some(change) = changes.recv() => on_change(&mut entries, change, settings.debounce),
             _ = tokio::time::sleep_until(next_due) => {
                 let now = Instant::now();
+                if !settings.leadership.is_leader() {
+                    // A follower keeps its watches warm and evaluates nothing; it looks again
+                    // soon, so it takes over promptly.
+                    for e in entries.values_mut().filter(|e| e.due <= now) {
+                        e.due = now + FOLLOWER_RECHECK;
+                    }
+                    continue;
+                }
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
                 let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
                 for key in due {
                     let history = metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten();
                     if let Some(entry) = entries.get_mut(&key) {
                         let precomputed = full.remove(&key);
-                        evaluate(&client, &recorder, &observed, entry, settings.evaluation_budget, precomputed, history).await;
+                        evaluate(&client, &recorder, &observed, entry, &settings, precomputed, history).await;
                     }
                 }
             }
         }
+        if !settings.ready.load(Ordering::Relaxed)
+            && metrics_listed
+            && entries.values().all(|e| !matches!(readiness(&observed, &e.kinds()), Readiness::Syncing))
+        {
+            info!("caches synced");
+            settings.ready.store(true, Ordering::Relaxed);
+            metrics::READY.set(1);
+        }
     }
 }
+
+/// How soon a follower looks again (it takes over within a lease duration).
+const FOLLOWER_RECHECK: Duration = Duration::from_secs(2);
 
 use kube::runtime::watcher::Event as WatchEvent;
 
@@ -183,8 +213,15 @@ fn wanted_kinds(entries: &HashMap<(String, String), Entry>) -> BTreeSet<Kind> {
 fn on_metric(entries: &mut HashMap<(String, String), Entry>, m: SecurityMetric, settings: &Settings) {
     let key = (m.namespace().unwrap_or_default(), m.name_any());
     let generation = m.metadata.generation;
-    // Our own status writes come back through the watch; only a new spec matters.
-    if entries.get(&key).is_some_and(|e| e.generation == generation && e.spec == m.spec) {
+    // Our own status writes come back through the watch; only a new spec matters. A newer
+    // status is another replica's (the leader's) write: it is the previous status this
+    // replica builds on once it leads, so trends and breaches carry over.
+    if let Some(e) = entries.get_mut(&key).filter(|e| e.generation == generation && e.spec == m.spec) {
+        let newer =
+            |s: &SecurityMetricStatus| e.written.as_ref().is_none_or(|w| s.last_evaluated > w.last_evaluated);
+        if let Some(status) = m.status.filter(newer) {
+            e.written = Some(status);
+        }
         return;
     }
     let compiled = engine::compile(&m.spec);
@@ -337,10 +374,11 @@ async fn evaluate(
     recorder: &Recorder,
     observed: &Observed,
     e: &mut Entry,
-    budget: Duration,
+    settings: &Settings,
     precomputed: Option<Full>,
     history: Option<Outcome>,
 ) {
+    let budget = settings.evaluation_budget;
     let interval = engine::interval(&e.spec);
     let started = Instant::now();
     let outcome = match &e.compiled {
@@ -410,9 +448,16 @@ async fn evaluate(
     if !(changed || heartbeat_due) {
         return;
     }
+    // Fencing: the lease may have been lost while evaluating.
+    if !settings.leadership.is_leader() {
+        e.due = Instant::now() + FOLLOWER_RECHECK;
+        return;
+    }
     let api: Api<SecurityMetric> = Api::namespaced(client.clone(), &e.namespace);
     match status::write_status(&api, &e.name, &new).await {
         Ok(()) => {
+            metrics::record_metric(&e.namespace, &e.name, e.spec.category.as_str(), &new);
+            metrics::observe_reconcile("securitymetric", started.elapsed().as_secs_f64(), false);
             let old_state = e.written.as_ref().map(|s| s.state);
             tracing::debug!(namespace = %e.namespace, name = %e.name, state = new.state.as_str(),
                 took_ms = started.elapsed().as_millis() as u64, changed, "status written");
@@ -427,6 +472,7 @@ async fn evaluate(
             e.written_at = Some(started);
         }
         Err(err) => {
+            metrics::observe_reconcile("securitymetric", started.elapsed().as_secs_f64(), true);
             warn!(namespace = %e.namespace, name = %e.name, error = %err, "writing status failed; retrying soon");
             e.due = Instant::now() + Duration::from_secs(5);
         }

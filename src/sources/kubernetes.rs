@@ -224,6 +224,7 @@ async fn watch_kind(
                 let _ = changes.send(Change::Objects(kind.clone(), vec![key]));
             }
             Err(e) => {
+                crate::metrics::count_watch_error(&kind.kind);
                 let failed = match &e {
                     watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 403 => Some((
                         "Forbidden",

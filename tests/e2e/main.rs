@@ -8,5 +8,6 @@ mod receiver;
 mod control_plane;
 mod evidence;
 mod metric_policy;
+mod operations;
 mod operator;
 mod security_metric;

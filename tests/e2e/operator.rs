@@ -9,6 +9,7 @@ use crate::harness::TestEnv;
 pub struct Operator {
     child: Child,
     log: PathBuf,
+    probe: std::net::SocketAddr,
 }
 
 impl Drop for Operator {
@@ -78,24 +79,57 @@ pub fn install_chart_rbac_with(env: &TestEnv, values: &[&str]) {
 }
 
 /// Starts `secmetrics run` with the operator's identity, managing only the metrics labelled
-/// `e2e=<the test's namespace>` so that tests running in parallel do not interfere.
+/// `e2e=<the test's namespace>` so that tests running in parallel do not interfere (each test
+/// also elects its own leader, on a Lease named after its namespace).
 pub fn start(env: &TestEnv, platform_namespaces: &[&str]) -> Operator {
+    start_with(env, platform_namespaces, "operator", &[])
+}
+
+/// [`start`] as replica `replica` (its POD_NAME, the leader identity) with extra arguments.
+pub fn start_with(env: &TestEnv, platform_namespaces: &[&str], replica: &str, extra: &[&str]) -> Operator {
     let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let log = logs.join(format!("{}.log", env.namespace));
+    let log = logs.join(format!("{}-{replica}.log", env.namespace));
     let file = std::fs::File::create(&log).unwrap();
+    // A free port for /metrics and the probes (bound and released: the operator binds it next).
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_secmetrics"));
     cmd.arg("run")
-        .args(["--probe-addr", "127.0.0.1:0", "--debounce", "200ms"])
+        .arg(format!("--probe-addr={probe}"))
+        .args(["--debounce", "200ms"])
         .arg(format!("--metric-selector=e2e={}", env.namespace))
+        .arg(format!("--leader-election-id={}", env.namespace))
+        .args(extra)
         .env("KUBECONFIG", &env.operator_kubeconfig)
+        .env("POD_NAME", replica)
         .env("RUST_LOG", "secmetrics=debug,info")
         .stdout(file.try_clone().unwrap())
         .stderr(file);
     for p in platform_namespaces {
         cmd.arg(format!("--platform-namespace={p}"));
     }
-    Operator { child: cmd.spawn().expect("start operator"), log }
+    Operator { child: cmd.spawn().expect("start operator"), log, probe }
+}
+
+impl Operator {
+    /// Kills the process at once (SIGKILL): no lease release, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// GETs `path` from the operator's probe/metrics port: (status code, body); None while it
+    /// is not listening.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.probe).ok()?;
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes()).ok()?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    }
 }
 
 /// A test namespace with the CRDs and the chart's RBAC installed and an operator running:
