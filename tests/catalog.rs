@@ -303,10 +303,11 @@ const BASELINE_VIOLATIONS: &[&str] = &[
     "pss/b-hostpath",
     "pss/b-hostpid",
     "pss/b-hostport",
+    "pss/b-lifecycle-host",
     "pss/b-pod-seccomp-unconfined",
     "pss/b-privileged",
     "pss/b-privileged-ephemeral-container",
-    "pss/b-proc-unmasked",
+    "pss/b-probe-host",
     "pss/b-selinux-spc-t",
     "pss/b-selinux-user",
     "pss/b-unsafe-sysctl",
@@ -324,33 +325,37 @@ const RESTRICTED_VIOLATIONS: &[&str] = &[
     "pss/r-no-seccomp",
     "pss/r-not-dropping-all",
     "pss/r-pod-uid-0",
+    "pss/r-proc-unmasked-user-namespace",
 ];
 
 #[test]
 fn pod_security_baseline_fails_exactly_the_baseline_violations() {
-    // 5 restricted + 10 baseline-only + 17 violating pods; kube-system's privileged pod is
+    // 6 restricted + 11 baseline-only + 18 violating pods; kube-system's privileged pod is
     // outside the population.
     let m = expect(
         "pod-security-baseline",
         &["pod-security"],
-        46.875,
+        48.5714,
         MetricState::Breached,
         BASELINE_VIOLATIONS,
     );
-    assert_eq!((m.status.population, m.status.passing), (Some(32), Some(15)));
+    assert_eq!((m.status.population, m.status.passing), (Some(35), Some(17)));
 }
 
 #[test]
 fn pod_security_restricted_fails_every_violation() {
     let all: Vec<&str> = BASELINE_VIOLATIONS.iter().chain(RESTRICTED_VIOLATIONS).copied().collect();
-    let m = expect("pod-security-restricted", &["pod-security"], 15.625, MetricState::Breached, &all);
-    assert_eq!(m.status.passing, Some(5), "the ok-* pods, Windows and container-level settings included");
+    let m = expect("pod-security-restricted", &["pod-security"], 17.1429, MetricState::Breached, &all);
+    assert_eq!(
+        m.status.passing,
+        Some(6),
+        "the ok-* pods: Windows, user namespaces, container-level settings"
+    );
 }
 
 #[test]
 fn pod_security_expressions_run_on_the_fast_evaluator_for_ordinary_pods() {
-    // Both checks are within the fast evaluator's subset for pods that set no sysctls,
-    // SELinux options or AppArmor annotations (those use matches(), on the interpreter).
+    // Both checks are entirely within the fast evaluator's subset.
     let pod = index(&["pod-security"], &[]);
     let table = pod.objects(&Kind::new("v1", "Pod")).unwrap();
     let ok = table.values().find(|o| &*o.key.name == "ok-restricted").unwrap();
@@ -614,9 +619,9 @@ fn the_cli_evaluates_the_whole_catalog_and_the_policy_gates_on_it() {
     assert_eq!(policy["state"], "NonCompliant");
     assert_eq!(policy["metrics"].as_array().unwrap().len(), MEASURED.len());
     // The answers measured one by one above, now over every fixture file at once: the 7
-    // pods of workloads.yaml meet baseline, so 15 + 7 of 32 + 7 pods pass.
+    // pods of workloads.yaml meet baseline, so 17 + 7 of 35 + 7 pods pass.
     let s = &item(&out, "SecurityMetric", "pod-security-baseline")["status"];
-    assert_eq!(s["value"], 56.4103);
+    assert_eq!(s["value"], 57.1429);
     assert_eq!(s["offendersTotal"], BASELINE_VIOLATIONS.len());
     let s = &item(&out, "SecurityMetric", "secret-readers-cluster-wide")["status"];
     assert_eq!(s["value"], 4.0);
