@@ -127,3 +127,64 @@ fn enforcement_rbac_and_webhook_secrets_are_opt_in_and_exact() {
     assert_eq!(secrets["rules"][0]["resourceNames"], serde_json::json!(["hook-key"]));
     assert_eq!(secrets["rules"][0]["verbs"], serde_json::json!(["get"]));
 }
+
+/// Numbers as f64, so that a value read back from Helm's YAML (float64 everywhere) compares
+/// equal to the source.
+fn normalized(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), normalized(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn catalog_renders_every_metric_and_the_policy_only_when_enabled() {
+    let Some(docs) = render(&[]) else { return };
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "SecurityMetric" || d["kind"] == "MetricPolicy"),
+        "no catalog by default"
+    );
+    assert!(!find(&docs, "ClusterRole", "secmetrics")["rules"].to_string().contains("vulnerabilityreports"));
+
+    let Some(docs) = render(&["--set", "catalog.enabled=true"]) else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let sources =
+        secmetrics::cli::load::load(&[root.join("charts/secmetrics/catalog")]).expect("the catalog loads");
+    assert!(sources.len() > 30, "{} catalog documents", sources.len());
+    for src in &sources {
+        let (kind, name) =
+            (src.value["kind"].as_str().unwrap(), src.value["metadata"]["name"].as_str().unwrap());
+        let out = find(&docs, kind, name);
+        assert_eq!(out["metadata"]["namespace"], "secmetrics-system", "{kind} {name}: the release namespace");
+        let labels = &out["metadata"]["labels"];
+        assert_eq!(labels["secmetrics.io/catalog"], "true", "{kind} {name}");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{kind} {name}: the chart's labels");
+        for (k, v) in src.value["metadata"]["labels"].as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{kind} {name}: label {k} kept");
+        }
+        assert_eq!(
+            normalized(&out["spec"]),
+            normalized(&src.value["spec"]),
+            "{kind} {name}: spec as written"
+        );
+    }
+    let rendered = |kind: &str| docs.iter().filter(|d| d["kind"] == kind).count();
+    let sources_of = |kind: &str| sources.iter().filter(|d| d.value["kind"] == kind).count();
+    assert_eq!(rendered("SecurityMetric"), sources_of("SecurityMetric"));
+    assert_eq!(rendered("MetricPolicy"), 1);
+    assert_eq!(find(&docs, "MetricPolicy", "catalog-baseline")["spec"]["mode"], "DryRun");
+    // The vulnerability metrics may read trivy-operator's reports; still read-only.
+    let rules = find(&docs, "ClusterRole", "secmetrics")["rules"].as_array().unwrap().clone();
+    let vuln = rules.iter().find(|r| r["resources"] == serde_json::json!(["vulnerabilityreports"])).unwrap();
+    assert_eq!(vuln["verbs"], serde_json::json!(["get", "list", "watch"]));
+
+    // Another release namespace: the catalog follows it.
+    let Some(docs) = render(&["--set", "catalog.enabled=true", "--namespace", "platform"]) else { return };
+    let in_platform = docs
+        .iter()
+        .filter(|d| d["kind"] == "SecurityMetric" && d["metadata"]["namespace"] == "platform")
+        .count();
+    assert_eq!(in_platform, sources_of("SecurityMetric"));
+}

@@ -52,7 +52,61 @@ pub struct CompileError {
     pub position: Option<(usize, usize)>,
 }
 
-static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+/// The standard library, plus what Kubernetes' own CEL environment offers that metrics need:
+/// the strings extension (`replace`, `substring`, `split`, `indexOf`, `lowerAscii`, ...: e.g.
+/// reading the quantity `500m`) and the Kubernetes list function `sum()` (e.g. CPU requests
+/// over a pod's containers).
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+    let mut env = Env::stdlib();
+    cel::extensions::strings(&mut env).expect("the strings extension is declared once");
+    env.add_member_overload("sum", "list_sum", cel::common::types::LIST_TYPE, vec![], list_sum)
+        .expect("sum is declared once");
+    Arc::new(env)
+});
+
+/// `list.sum()` as in Kubernetes' CEL list library: the sum of a list of ints, uints or
+/// doubles (all of one type), `0` for an empty list. Integer overflow is an error.
+fn list_sum<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    use cel::common::types::{CelDouble, CelInt, CelUInt};
+    let [list]: [CowVal<'b, 'v>; 1] =
+        args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(1, a.len()))?;
+    let fail = |m: &str| ExecutionError::function_error("sum", m);
+    let items = list.as_ref().as_iterable().ok_or_else(|| fail("sum() applies to a list"))?;
+    let mut iter = items.iter();
+    enum Acc {
+        Empty,
+        Int(i64),
+        UInt(u64),
+        Double(f64),
+    }
+    let mut acc = Acc::Empty;
+    while let Some(item) = iter.next() {
+        acc = match (
+            acc,
+            item.downcast_ref::<CelInt>(),
+            item.downcast_ref::<CelUInt>(),
+            item.downcast_ref::<CelDouble>(),
+        ) {
+            (Acc::Empty, Some(i), _, _) => Acc::Int(*i.inner()),
+            (Acc::Empty, _, Some(u), _) => Acc::UInt(*u.inner()),
+            (Acc::Empty, _, _, Some(d)) => Acc::Double(*d.inner()),
+            (Acc::Int(a), Some(i), _, _) => {
+                Acc::Int(a.checked_add(*i.inner()).ok_or_else(|| fail("integer overflow"))?)
+            }
+            (Acc::UInt(a), _, Some(u), _) => {
+                Acc::UInt(a.checked_add(*u.inner()).ok_or_else(|| fail("unsigned integer overflow"))?)
+            }
+            (Acc::Double(a), _, _, Some(d)) => Acc::Double(a + d.inner()),
+            _ => return Err(fail("sum() needs a list of numbers of one type (int, uint or double)")),
+        };
+    }
+    Ok(match acc {
+        Acc::Empty => CowVal::owned(CelInt::from(0i64)),
+        Acc::Int(i) => CowVal::owned(CelInt::from(i)),
+        Acc::UInt(u) => CowVal::owned(CelUInt::from(u)),
+        Acc::Double(d) => CowVal::owned(CelDouble::from(d)),
+    })
+}
 
 impl Expression {
     /// Compiles `source`, found in spec field `field`, and checks that it only refers to the
@@ -407,6 +461,32 @@ mod tests {
         let err = Expression::compile("where", "namespace.labels.team == 'a'").unwrap_err();
         assert!(err.message.contains("the namespace variable is namespaceObject"), "{err}");
         assert!(Expression::compile("where", "namespaceObject.labels.team == 'a'").is_ok());
+    }
+
+    #[test]
+    fn strings_extension_and_list_sum_read_quantities() {
+        let pod = json!({"spec": {"containers": [
+            {"resources": {"requests": {"cpu": "250m"}}},
+            {"resources": {"requests": {"cpu": "1.5"}}},
+            {"resources": {}}]}});
+        let cores = "object.spec.containers.map(c, has(c.resources.requests) && 'cpu' in c.resources.requests \
+            ? (c.resources.requests.cpu.endsWith('m') \
+               ? double(c.resources.requests.cpu.replace('m', '')) / 1000.0 \
+               : double(c.resources.requests.cpu)) \
+            : 0.0).sum()";
+        assert_eq!(eval(cores, pod.clone()), Ok(Value::Float(1.75)));
+        assert_eq!(
+            eval("'500m'.substring(0, 3) == '500' && 'a,b'.split(',').size() == 2", json!({})),
+            Ok(true.into())
+        );
+        assert_eq!(eval("[1, 2, 3].sum()", json!({})), Ok(Value::Int(6)));
+        assert_eq!(eval("[2u, 3u].sum()", json!({})), Ok(Value::UInt(5)));
+        assert_eq!(eval("[].sum()", json!({})), Ok(Value::Int(0)));
+        assert!(eval("[1, 2.0].sum()", json!({})).is_err(), "mixed types");
+        assert!(eval("['a'].sum()", json!({})).is_err(), "not numbers");
+        assert!(eval("[9223372036854775807, 1].sum()", json!({})).is_err(), "overflow");
+        // On the cached object's own lists, too.
+        assert_eq!(eval("object.spec.n.sum()", json!({"spec": {"n": [1, 2]}})), Ok(Value::Int(3)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod fixtures;
 mod harness;
 mod receiver;
 
+mod catalog;
 mod control_plane;
 mod evidence;
 mod metric_policy;
