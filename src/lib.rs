@@ -2,6 +2,7 @@
 //!
 //! - [`api`]: the custom resources.
 //! - [`engine`]: the pure evaluation engine (no Kubernetes client).
+//! - [`report`]: auditor reports (Markdown, HTML, JSON, CSV, OSCAL) from the resources.
 
 pub mod api;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod controller;
 pub mod engine;
 pub mod http;
 pub mod remediation;
+pub mod report;
 pub mod sources;
 pub mod status;
 pub mod telemetry;
