@@ -41,6 +41,8 @@ th { background: #f0f3f6; font-weight: 600; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.nowrap { white-space: nowrap; }
+table.fixed { table-layout: fixed; }
+table.fixed td { overflow-wrap: anywhere; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 12px;
   border: 1px solid transparent; white-space: nowrap; }
 .Compliant, .Met, .satisfied, .Applied, .Reverted { background: #dafbe1; color: #116329; border-color: #aceebb; }
@@ -57,7 +59,7 @@ dl.facts dt { color: #57606a; font-weight: 600; }
 dl.facts dd { margin: 0; }
 article.metric { border: 1px solid #d0d7de; border-radius: 8px; padding: 4px 16px 8px; margin: 12px 0; }
 .trend { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-.trend table { width: auto; }
+.trend table { width: auto; margin: 0; }
 svg.chart { max-width: 100%; height: auto; border: 1px solid #d0d7de; border-radius: 6px; }
 svg .tick { font: 11px system-ui, sans-serif; fill: #57606a; }
 svg .share { font: 10.5px system-ui, sans-serif; fill: #116329; }
@@ -253,13 +255,14 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
         }
         writeln!(
             o,
-            "<table><thead><tr><th>Metric</th><th>Definition</th><th>Owner (role)</th><th>Objective</th><th class=\"num\">Value</th><th>State</th><th>Last evaluated</th></tr></thead><tbody>"
+            "<table class=\"fixed\"><colgroup><col style=\"width:19%\"><col style=\"width:29%\"><col style=\"width:14%\"><col style=\"width:13%\"><col style=\"width:7%\"><col style=\"width:9%\"><col style=\"width:9%\"></colgroup>\
+             <thead><tr><th>Metric</th><th>Definition</th><th>Owner (role)</th><th>Objective</th><th class=\"num\">Value</th><th>State</th><th>Last evaluated</th></tr></thead><tbody>"
         )?;
         for key in &c.metrics {
             let Some(m) = r.metrics.iter().find(|m| &m.key() == key) else { continue };
             writeln!(
                 o,
-                "<tr><td><a href=\"#{}\">{}</a><br><code>{}</code></td><td>{}</td><td>{}<br>{}</td><td class=\"nowrap\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"nowrap\">{}</td></tr>",
+                "<tr><td><a href=\"#{}\">{}</a><br><code>{}</code></td><td>{}</td><td>{}<br>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
                 m.anchor(),
                 escape(&m.display_name),
                 escape(&m.key()),
@@ -269,7 +272,7 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
                 escape(&m.objective.text),
                 m.value.map(|v| escape(&value_with_unit(v, &m.unit))).unwrap_or_else(|| "–".into()),
                 state_badges(m.state.as_str(), m.anomalous),
-                escape(m.last_evaluated.as_deref().unwrap_or("never"))
+                time_cell(m.last_evaluated.as_deref())
             )?;
         }
         writeln!(o, "</tbody></table>")?;
@@ -436,26 +439,28 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
     } else {
         writeln!(
             o,
-            "<table><thead><tr><th>Metric</th><th>Since</th><th>Until</th><th class=\"num\">Duration</th><th class=\"num\">Metric MTTR</th></tr></thead><tbody>"
+            "<table><thead><tr><th>Metric</th><th>Since</th><th>Until</th><th class=\"num\">Duration</th><th class=\"num\">MTTR</th></tr></thead><tbody>"
         )?;
         for m in &breached {
+            let n = m.breaches.len();
             for (i, b) in m.breaches.iter().enumerate() {
+                let metric = format!(
+                    "<td rowspan=\"{n}\"><a href=\"#{}\"><code>{}</code></a></td>",
+                    m.anchor(),
+                    escape(&m.key())
+                );
+                let mttr = format!(
+                    "<td class=\"num\" rowspan=\"{n}\">{}</td>",
+                    m.mttr_seconds.map(duration).unwrap_or_else(|| "–".into())
+                );
                 writeln!(
                     o,
-                    "<tr><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                    if i == 0 {
-                        format!("<a href=\"#{}\"><code>{}</code></a>", m.anchor(), escape(&m.key()))
-                    } else {
-                        String::new()
-                    },
+                    "<tr>{}<td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td><td class=\"num\">{}</td>{}</tr>",
+                    if i == 0 { metric } else { String::new() },
                     escape(&b.since),
                     b.until.as_deref().map(escape).unwrap_or_else(|| badge("Breached", "open")),
                     duration(b.duration_seconds as f64),
-                    if i == 0 {
-                        m.mttr_seconds.map(duration).unwrap_or_else(|| "–".into())
-                    } else {
-                        String::new()
-                    }
+                    if i == 0 { mttr } else { String::new() }
                 )?;
             }
         }
@@ -554,6 +559,11 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
     }
     writeln!(o, "</section>")?;
     writeln!(o, "</body>\n</html>")
+}
+
+/// A timestamp that may break between date and time in a narrow column.
+fn time_cell(t: Option<&str>) -> String {
+    t.map(|t| escape(t).replacen('T', "T<wbr>", 1)).unwrap_or_else(|| "never".into())
 }
 
 fn state_badges(state: &str, anomalous: bool) -> String {

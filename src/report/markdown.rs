@@ -4,19 +4,23 @@ use std::fmt::Write;
 
 use super::model::{Report, duration, num, percent, responsibility_label, type_label, value_with_unit};
 
-/// Escapes text for Markdown: inline markup, HTML, and table separators; newlines become
-/// spaces (every piece of text here sits on one line or in a table cell).
+/// Escapes text for Markdown: inline markup, HTML tags and entities, and table separators;
+/// newlines become spaces (every piece of text here sits on one line or in a table cell).
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
             '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '~' => {
                 out.push('\\');
                 out.push(c);
             }
+            // `<` could open a tag; `&` followed by a name could be an entity. `>` alone is
+            // harmless mid-line (every piece of text here follows other text).
             '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
+            '&' if chars.peek().is_some_and(|n| n.is_ascii_alphanumeric() || *n == '#') => {
+                out.push_str("&amp;")
+            }
             '\r' => {}
             '\n' => out.push(' '),
             c => out.push(c),
@@ -425,6 +429,7 @@ mod tests {
 
     #[test]
     fn escapes_markup_html_and_cells() {
-        assert_eq!(escape("a|b <i>x</i> *y*\nz"), "a\\|b &lt;i&gt;x&lt;/i&gt; \\*y\\* z");
+        assert_eq!(escape("a|b <i>x</i> *y*\nz"), "a\\|b &lt;i>x&lt;/i> \\*y\\* z");
+        assert_eq!(escape("A & B &amp; >= 1"), "A & B &amp;amp; >= 1");
     }
 }

@@ -734,7 +734,13 @@ fn detail(
     let text = match o.warning {
         Some(w) => {
             let side = if matches!(o.operator, Operator::Ge | Operator::Gt) { "below" } else { "above" };
-            format!("{} {} (warning, then breached {side} {})", o.operator.as_str(), num(o.target), num(w))
+            format!(
+                "{} {} (Warning {side} {}, Breached {side} {})",
+                o.operator.as_str(),
+                num(o.target),
+                num(o.target),
+                num(w)
+            )
         }
         None => format!("{} {}", o.operator.as_str(), num(o.target)),
     };

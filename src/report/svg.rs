@@ -5,10 +5,10 @@ use std::fmt::Write;
 use super::html::escape;
 use super::model::{Bucket, MetricDetail, num, percent, value_with_unit};
 
-const W: f64 = 720.0;
+const W: f64 = 600.0;
 const H: f64 = 260.0;
-const LEFT: f64 = 64.0;
-const RIGHT: f64 = 96.0;
+const LEFT: f64 = 60.0;
+const RIGHT: f64 = 88.0;
 const TOP: f64 = 34.0;
 const BOTTOM: f64 = 52.0;
 

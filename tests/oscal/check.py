@@ -38,9 +38,16 @@ def schema_errors(document):
 
 
 def trestle_error(path):
+    import shutil
+    import tempfile
+
     from trestle.oscal.assessment_results import AssessmentResults
 
     try:
+        if path.suffix != ".json":  # trestle picks the parser by extension
+            tmp = pathlib.Path(tempfile.mkdtemp()) / "assessment-results.json"
+            shutil.copyfile(path, tmp)
+            path = tmp
         model = AssessmentResults.oscal_read(path)
     except Exception as e:  # trestle raises several types; all mean "does not load"
         return f"{type(e).__name__}: {e}"
