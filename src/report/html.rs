@@ -348,7 +348,9 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
                 "Population",
                 format!(
                     "{pass} of {pop} objects pass{}",
-                    m.offenders_total.map(|n| format!("; {n} offenders")).unwrap_or_default()
+                    m.offenders_total
+                        .map(|n| format!("; {n} offender{}", if n == 1 { "" } else { "s" }))
+                        .unwrap_or_default()
                 ),
             )?;
         }

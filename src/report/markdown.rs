@@ -231,7 +231,9 @@ fn write_report(r: &Report, o: &mut String) -> std::fmt::Result {
             writeln!(
                 o,
                 "- **Population**: {pass} of {pop} objects pass{}",
-                m.offenders_total.map(|n| format!("; {n} offenders")).unwrap_or_default()
+                m.offenders_total
+                    .map(|n| format!("; {n} offender{}", if n == 1 { "" } else { "s" }))
+                    .unwrap_or_default()
             )?;
         }
         if let Some(t) = m.tenants_total {

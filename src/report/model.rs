@@ -892,6 +892,9 @@ fn summarize(
     }
 }
 
+/// Whether a framework name belongs to a family (ISO, CCM, NIST 800-53).
+type FrameworkTest = fn(&str) -> bool;
+
 fn checklist(
     metrics: &[MetricDetail],
     policies: &[PolicySummary],
@@ -974,7 +977,7 @@ fn checklist(
         )
     };
 
-    let families: [(&str, fn(&str) -> bool); 3] = [
+    let families: [(&str, FrameworkTest); 3] = [
         ("ISO", |f| f.to_ascii_uppercase().starts_with("ISO")),
         ("CCM", |f| matches!(f.to_ascii_uppercase().as_str(), "CSA-CCM" | "CSA-AICM")),
         ("NIST 800-53", |f| f.eq_ignore_ascii_case("NIST-800-53")),
@@ -1085,6 +1088,70 @@ fn checklist(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn metric(
+        ns: &str,
+        name: &str,
+        state: &str,
+        evaluated: Option<&str>,
+        controls: &[(&str, &str)],
+    ) -> SecurityMetric {
+        let compliance: Vec<_> =
+            controls.iter().map(|(f, c)| json!({"framework": f, "control": c})).collect();
+        let mut status = json!({"state": state});
+        if let Some(t) = evaluated {
+            status["lastEvaluated"] = json!(t);
+            status["value"] = json!(1);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "secmetrics.io/v1alpha1", "kind": "SecurityMetric",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "displayName": name, "description": "d", "type": "Technical", "category": "AccessControl",
+                "owner": {"team": "t", "responsibility": "SharedOspAp"},
+                "alignment": {"compliance": compliance},
+                "source": {"kubernetes": {"resource": {"apiVersion": "v1", "kind": "Pod"}, "passes": "true"}},
+                "objective": {"operator": ">=", "target": 1}
+            },
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn order_of_input_does_not_matter_and_time_comes_from_input() {
+        let a = metric("b", "x", "Compliant", Some("2026-03-01T00:00:00Z"), &[("F", "C-1")]);
+        let b = metric("a", "y", "Unknown", None, &[("F", "C-1"), ("G", "C-2")]);
+        let c = metric("a", "z", "Warning", Some("2026-03-02T10:00:00Z"), &[("G", "C-2")]);
+        let one = build(&[a.clone(), b.clone(), c.clone()], &[], &Options::default());
+        let two = build(&[c, b, a], &[], &Options::default());
+        assert_eq!(serde_json::to_string(&one).unwrap(), serde_json::to_string(&two).unwrap());
+        assert_eq!(one.generated_at, "2026-03-02T10:00:00Z");
+        let keys: Vec<String> = one.metrics.iter().map(MetricDetail::key).collect();
+        assert_eq!(keys, ["a/y", "a/z", "b/x"]);
+        // Unknown never satisfies a control; Warning does.
+        let sat: Vec<(String, bool)> =
+            one.controls.iter().map(|c| (c.control.clone(), c.satisfied)).collect();
+        assert_eq!(sat, [("C-1".to_string(), false), ("C-2".to_string(), false)]);
+        let only_g = build(&[metric("a", "z", "Warning", None, &[("G", "C-2")])], &[], &Options::default());
+        assert!(only_g.controls[0].satisfied);
+        assert_eq!(
+            only_g.generated_at, "1970-01-01T00:00:00Z",
+            "no time in the input: the epoch, not the clock"
+        );
+    }
+
+    #[test]
+    fn framework_filter_keeps_its_controls_and_metrics() {
+        let a = metric("n", "a", "Compliant", None, &[("CSA-AICM", "AIS-03")]);
+        let b = metric("n", "b", "Compliant", None, &[("NIST-800-53", "CA-7")]);
+        let options = Options { framework: Some("nist-800-53".into()), ..Default::default() };
+        let r = build(&[a, b], &[], &options);
+        assert_eq!(r.controls.len(), 1);
+        assert_eq!(r.metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(r.checklist[7].status, Status::Partial, "only the NIST family is present");
+    }
 
     #[test]
     fn numbers_durations_slugs() {
