@@ -8,4 +8,5 @@ mod receiver;
 mod control_plane;
 mod metric_policy;
 mod operator;
+mod report;
 mod security_metric;
