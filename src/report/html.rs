@@ -72,7 +72,9 @@ svg .mark { font: 11px system-ui, sans-serif; }
   a { color: inherit; }
   h2 { break-after: avoid; }
   h3 { break-after: avoid; }
-  table, tr, svg, article.metric, .trend { break-inside: avoid; }
+  tr, svg, article.metric, .trend-item { break-inside: avoid; }
+  #controls, #metrics, #trends, #remediation { break-before: page; }
+  thead { display: table-header-group; }
   .badge, th, tbody tr:nth-child(even), .tile { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
 "#;
@@ -392,7 +394,7 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
     for m in r.metrics.iter().filter(|m| !m.monthly.is_empty()) {
         writeln!(
             o,
-            "<h3><a href=\"#{}\">{}</a> <code>{}</code></h3>\n<div class=\"trend\">",
+            "<div class=\"trend-item\"><h3><a href=\"#{}\">{}</a> <code>{}</code></h3>\n<div class=\"trend\">",
             m.anchor(),
             escape(&m.display_name),
             escape(&m.key())
@@ -415,7 +417,7 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
                 b.samples
             )?;
         }
-        writeln!(o, "</tbody></table></div>")?;
+        writeln!(o, "</tbody></table></div></div>")?;
     }
     let untracked: Vec<String> = r
         .metrics
