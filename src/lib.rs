@@ -2,6 +2,7 @@
 //!
 //! - [`api`]: the custom resources.
 //! - [`engine`]: the pure evaluation engine (no Kubernetes client).
+//! - [`report`]: auditor reports (Markdown, HTML, JSON, CSV, OSCAL) from the resources.
 
 pub mod api;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod remediation;
+pub mod report;
 pub mod sources;
 pub mod status;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The `secmetrics` binary: controller, CRD printer, offline evaluation.
+//! The `secmetrics` binary: controller, CRD printer, offline evaluation, reports.
 
 use std::process::ExitCode;
 
@@ -21,6 +21,12 @@ enum Command {
     ///
     /// Exit code 0: all Compliant or Warning; 1: any Breached or Unknown; 2: invalid input.
     Evaluate(secmetrics::cli::evaluate::Args),
+    /// Write an auditor's report (Markdown, HTML, JSON, CSV or OSCAL assessment-results) of the
+    /// SecurityMetrics and MetricPolicies in the cluster, or in files with -f.
+    ///
+    /// The same input gives byte-identical output (the report's time is --at or the newest
+    /// lastEvaluated). Exit code 1 when the input cannot be read.
+    Report(secmetrics::cli::report::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Report(args) => match secmetrics::cli::report::run(&args, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Run(args) => {

@@ -2,3 +2,4 @@
 
 pub mod evaluate;
 pub mod load;
+pub mod report;

@@ -11,4 +11,5 @@ mod evidence;
 mod metric_policy;
 mod operations;
 mod operator;
+mod report;
 mod security_metric;
