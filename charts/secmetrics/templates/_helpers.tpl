@@ -10,3 +10,16 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: secmetrics
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+
+{{- define "secmetrics.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{- /* The operator's scrape target in PromQL: the Service's job in the release namespace. */ -}}
+{{- define "secmetrics.jobSelector" -}}
+job="secmetrics", namespace="{{ .Release.Namespace }}"
+{{- end }}
