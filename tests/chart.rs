@@ -741,3 +741,29 @@ fn promtool_checks(alerts: &[Value], dashboard_queries: &[String]) {
     assert!(out.status.success(), "promtool check rules:\n{text}");
     assert!(text.contains(&format!("SUCCESS: {} rules found", alerts.len() + records.len())), "{text}");
 }
+
+/// The production values of the README's Install section render as documented.
+#[test]
+fn readme_production_values_render() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let after = &readme[readme.find("`values-production.yaml`").expect("the README's production values")..];
+    let start = after.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let values = &after[start..start + after[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("values-production.yaml");
+    std::fs::write(&path, values).unwrap();
+    let Some(docs) = render(&["--values", path.to_str().unwrap()]) else { return };
+    for kind in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "SecurityMetric",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    ] {
+        assert!(docs.iter().any(|d| d["kind"] == kind), "{kind} rendered from the README's values");
+    }
+    let np = find(&docs, "NetworkPolicy", "secmetrics");
+    assert_eq!(np["spec"]["egress"][1]["to"][1]["ipBlock"]["cidr"], "10.0.0.11/32");
+    assert_eq!(np["spec"]["egress"][2]["ports"][0]["port"], 9090);
+}
