@@ -140,7 +140,10 @@ async fn tenant_use_jumping_above_its_baseline_plans_a_quota_clamp_for_that_tena
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     let md = String::from_utf8_lossy(&report.stdout);
     let planned_line = md.lines().find(|l| l.contains("Planned") && l.contains("ResourceQuota"));
-    assert!(planned_line.is_some_and(|l| l.contains(&format!("{ns}-busy"))), "no planned clamp in the report:\n{md}");
+    assert!(
+        planned_line.is_some_and(|l| l.contains(&format!("{ns}-busy"))),
+        "no planned clamp in the report:\n{md}"
+    );
 
     // The evaluations are tracked: today's bucket exists with samples and observed time.
     let trend = metric_status(&env, "tenant-pods").await.unwrap().trend.unwrap();
