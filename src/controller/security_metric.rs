@@ -369,6 +369,9 @@ fn history_outcome(
     Some(Outcome::Measured(h.measure(&e.name, &e.namespace, &metrics, &actions, now, engine::MAX_OFFENDERS)))
 }
 
+/// One metric's evaluation and status write, in a span naming the metric (so every log line
+/// of it, JSON included, carries namespace and name).
+#[tracing::instrument(skip_all, fields(namespace = %e.namespace, metric = %e.name))]
 async fn evaluate(
     client: &Client,
     recorder: &Recorder,
