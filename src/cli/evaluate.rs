@@ -154,7 +154,9 @@ fn evaluate_history(
             .flat_map(|s| s.recent_actions.iter())
             .collect();
         let name = m.metadata.name.as_deref().unwrap_or_default();
-        let measured = h.measure(name, &namespace, &views, &actions, now.0, engine::MAX_OFFENDERS);
+        // Whole seconds, as the records are (see build_status).
+        let at = k8s_openapi::jiff::Timestamp::from_second(now.0.as_second()).unwrap_or(now.0);
+        let measured = h.measure(name, &namespace, &views, &actions, at, engine::MAX_OFFENDERS);
         let outcome = engine::Outcome::Measured(measured);
         computed.push((
             i,

@@ -365,7 +365,9 @@ fn history_outcome(
         policies.state_filter(|p| p.metadata.namespace.as_deref() == Some(e.namespace.as_str()));
     let actions: Vec<&ActionRecord> =
         in_namespace.iter().filter_map(|p| p.status.as_ref()).flat_map(|s| s.recent_actions.iter()).collect();
-    let now = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds, as the records are (see engine::build_status).
+    let now =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second()).ok()?;
     Some(Outcome::Measured(h.measure(&e.name, &e.namespace, &metrics, &actions, now, engine::MAX_OFFENDERS)))
 }
 
