@@ -262,13 +262,24 @@ pub enum Aggregate {
     NamespaceCoverage,
 }
 
-/// Query Prometheus.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// An instant query against the Prometheus HTTP API (`/api/v1/query`). A scalar is the value;
+/// a vector is summed, and broken down per tenant by `tenantLabel`. An empty result is no
+/// data (Unknown), never 0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.address) != has(self.endpointRef)").message("exactly one of source.prometheus.address, source.prometheus.endpointRef must be set"))]
 pub struct PrometheusSource {
-    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`. Only
+    /// metrics in platform namespaces may name an address; others use `endpointRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Name of a Prometheus endpoint the platform team defined (operator flag
+    /// `--prometheus-endpoint name=url`, Helm value `prometheus.endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_ref: Option<String>,
+    /// How long the query may take (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
     /// PromQL returning an instant vector or a scalar.
     #[schemars(length(min = 1, max = 8192))]
     pub query: String,

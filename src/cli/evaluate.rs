@@ -326,9 +326,10 @@ fn evaluate_members(
         .map(|&i| {
             let outcome = match &compiled[i] {
                 Err(e) => engine::Outcome::Invalid(e.clone()),
-                Ok(engine::CompiledSource::Unsupported(why)) => engine::Outcome::SourceUnavailable {
-                    reason: "SourceNotSupported".into(),
-                    message: (*why).into(),
+                // Offline there is no Prometheus to ask: no data, and the condition says why.
+                Ok(engine::CompiledSource::Prometheus(_)) => engine::Outcome::SourceUnavailable {
+                    reason: "NotQueriedOffline".into(),
+                    message: "secmetrics evaluate does not query Prometheus; the operator does".into(),
                 },
                 Ok(engine::CompiledSource::Kubernetes(_)) => unreachable!("grouped above"),
                 // Replaced once the other metrics are evaluated (see `evaluate_history`).

@@ -33,6 +33,7 @@ use crate::engine::{
 use crate::leader::Leadership;
 use crate::metrics;
 use crate::sources::kubernetes::{Change, KindState, Observed, Watches};
+use crate::sources::prometheus;
 use crate::status;
 
 /// Settings of the metric controller.
@@ -48,6 +49,8 @@ pub struct Settings {
     pub evaluation_budget: Duration,
     /// Whether this replica may write.
     pub leadership: Leadership,
+    /// Prometheus endpoints defined by the platform team, by name (`endpointRef`).
+    pub prometheus_endpoints: HashMap<String, String>,
     /// Set once the SecurityMetrics are listed and every observed kind has synced (or failed).
     pub ready: Arc<AtomicBool>,
 }
@@ -147,11 +150,14 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 }
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
                 let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
+                let mut queried = query_prometheus(&entries, &due, &settings).await;
                 for key in due {
-                    let history = metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten();
+                    let computed = queried
+                        .remove(&key)
+                        .or_else(|| metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten());
                     if let Some(entry) = entries.get_mut(&key) {
                         let precomputed = full.remove(&key);
-                        evaluate(&client, &recorder, &observed, entry, &settings, precomputed, history).await;
+                        evaluate(&client, &recorder, &observed, entry, &settings, precomputed, computed).await;
                     }
                 }
             }
@@ -165,6 +171,37 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
             metrics::READY.set(1);
         }
     }
+}
+
+/// Queries Prometheus for the due `prometheus` metrics, concurrently, each within its
+/// timeout: a slow server delays this round by at most the longest timeout.
+async fn query_prometheus(
+    entries: &HashMap<(String, String), Entry>,
+    due: &[(String, String)],
+    settings: &Settings,
+) -> HashMap<(String, String), Outcome> {
+    let queries = due.iter().filter_map(|key| {
+        let e = entries.get(key)?;
+        let Ok(CompiledSource::Prometheus(p)) = &e.compiled else { return None };
+        let platform = matches!(e.visibility, Visibility::Cluster);
+        let address = prometheus::resolve_address(
+            p.address.as_deref(),
+            p.endpoint_ref.as_deref(),
+            platform,
+            &settings.prometheus_endpoints,
+        );
+        let timeout = p.timeout.as_ref().map(|t| t.get()).unwrap_or(prometheus::DEFAULT_TIMEOUT);
+        Some(async move {
+            let outcome = match address {
+                Ok(address) => {
+                    prometheus::query(&address, &p.query, p.tenant_label.as_deref(), timeout).await
+                }
+                Err(refused) => refused,
+            };
+            (key.clone(), outcome)
+        })
+    });
+    futures::future::join_all(queries).await.into_iter().collect()
 }
 
 /// How soon a follower looks again (it takes over within a lease duration).
@@ -381,24 +418,21 @@ async fn evaluate(
     e: &mut Entry,
     settings: &Settings,
     precomputed: Option<Full>,
-    history: Option<Outcome>,
+    computed: Option<Outcome>,
 ) {
     let budget = settings.evaluation_budget;
     let interval = engine::interval(&e.spec);
     let started = Instant::now();
     let outcome = match &e.compiled {
         Err(err) => Outcome::Invalid(err.clone()),
-        Ok(CompiledSource::History(_)) => match history {
+        Ok(CompiledSource::History(_) | CompiledSource::Prometheus(_)) => match computed {
             Some(outcome) => outcome,
             None => {
-                // MetricPolicies are still loading.
+                // History: the metrics or MetricPolicies are still loading.
                 e.due = Instant::now() + Duration::from_millis(500);
                 return;
             }
         },
-        Ok(CompiledSource::Unsupported(why)) => {
-            Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: (*why).into() }
-        }
         Ok(CompiledSource::Kubernetes(k)) => match readiness(observed, &k.kinds()) {
             Readiness::Syncing => {
                 e.due = Instant::now() + Duration::from_millis(500);
