@@ -188,3 +188,147 @@ fn catalog_renders_every_metric_and_the_policy_only_when_enabled() {
         .count();
     assert_eq!(in_platform, sources_of("SecurityMetric"));
 }
+
+fn helm(args: &[&str]) -> Option<std::process::Output> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let helm = root.join("tests/cluster/bin/helm");
+    if !helm.exists() {
+        return None;
+    }
+    Some(Command::new(helm).args(args).current_dir(&root).output().unwrap())
+}
+
+#[test]
+fn helm_lint_is_clean_and_the_values_schema_rejects_bad_values() {
+    let Some(out) = helm(&["lint", "charts/secmetrics", "--strict"]) else { return };
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (bad, complaint) in [
+        ("replicas=two", "/replicas"),
+        ("logFormat=xml", "/logFormat"),
+        ("leaderElection.leaseDuration=soon", "/leaderElection/leaseDuration"),
+        ("prometheus.endpoints.main=ftp://x", "/prometheus/endpoints/main"),
+        ("replica=2", "additional properties 'replica' not allowed"),
+    ] {
+        let out = helm(&["template", "x", "charts/secmetrics", "--set", bad]).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(complaint), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn production_defaults_two_replicas_leader_election_pdb_and_spread() {
+    let Some(docs) = render(&[]) else { return };
+    let d = find(&docs, "Deployment", "secmetrics");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let args: Vec<&str> = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-elect=true") && args.contains(&"--lease-duration=15s"), "{args:?}");
+    assert!(d["spec"]["template"]["spec"]["topologySpreadConstraints"].is_array());
+    assert_eq!(find(&docs, "PodDisruptionBudget", "secmetrics")["spec"]["minAvailable"], 1);
+    assert_eq!(find(&docs, "Service", "secmetrics")["spec"]["ports"][0]["targetPort"], "http");
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "ServiceMonitor" || d["kind"] == "NetworkPolicy"),
+        "opt-in only"
+    );
+    // One replica: no PDB (it would block every drain), no spread.
+    let Some(single) = render(&["--set", "replicas=1"]) else { return };
+    assert!(!single.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    let Some(endpoints) = render(&["--set", "prometheus.endpoints.main=http://prom:9090"]) else { return };
+    let args =
+        &find(&endpoints, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(args.as_array().unwrap().iter().any(|a| a == "--prometheus-endpoint=main=http://prom:9090"));
+}
+
+/// Every `secmetrics_*` name the operator exports, from its registrations in src/metrics.rs
+/// (counters gain `_total`, histograms `_bucket`, `_sum`, `_count`).
+fn exported_names() -> std::collections::BTreeSet<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for part in src.split("r.register(").skip(1) {
+        let name =
+            format!("secmetrics_{}", part.trim_start().trim_start_matches('"').split('"').next().unwrap());
+        for suffix in ["", "_total", "_bucket", "_sum", "_count"] {
+            names.insert(format!("{name}{suffix}"));
+        }
+    }
+    assert!(names.contains("secmetrics_metric_value"), "the registrations were found");
+    names
+}
+
+fn queried_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("secmetrics_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn alerts_and_dashboard_query_only_metrics_the_operator_exports() {
+    let exported = exported_names();
+    let Some(docs) = render(&[
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+    ]) else {
+        return;
+    };
+    assert_eq!(find(&docs, "ServiceMonitor", "secmetrics")["spec"]["endpoints"][0]["path"], "/metrics");
+    let rules = &find(&docs, "PrometheusRule", "secmetrics")["spec"]["groups"][0]["rules"];
+    let alerts: Vec<&str> = rules.as_array().unwrap().iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(
+        alerts,
+        [
+            "SecurityMetricBreached",
+            "MetricPolicyNonCompliant",
+            "SecmetricsNoLeader",
+            "SecmetricsNotReady",
+            "SecmetricsReconcileErrors"
+        ]
+    );
+    let mut queried = Vec::new();
+    for r in rules.as_array().unwrap() {
+        queried.extend(queried_names(r["expr"].as_str().unwrap()));
+    }
+    let dashboard: Value = serde_json::from_str(
+        find(&docs, "ConfigMap", "secmetrics-dashboard")["data"]["secmetrics.json"].as_str().unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let names = queried_names(t["expr"].as_str().unwrap());
+            assert!(!names.is_empty(), "panel {} queries no secmetrics metric", p["title"]);
+            queried.extend(names);
+        }
+    }
+    for name in &queried {
+        assert!(exported.contains(name), "{name} is queried but not exported (src/metrics.rs)");
+    }
+    for family in [
+        "secmetrics_metric_value",
+        "secmetrics_metric_state",
+        "secmetrics_policy_score",
+        "secmetrics_remediations_total",
+        "secmetrics_metric_tenant_value",
+    ] {
+        assert!(queried.iter().any(|q| q == family), "the dashboard shows {family}");
+    }
+}

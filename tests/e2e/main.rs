@@ -6,6 +6,7 @@ mod harness;
 mod receiver;
 
 mod catalog;
+mod chart;
 mod control_plane;
 mod evidence;
 mod metric_policy;
