@@ -242,6 +242,14 @@ fn production_defaults_two_replicas_leader_election_pdb_and_spread() {
     // One replica: no PDB (it would block every drain), no spread.
     let Some(single) = render(&["--set", "replicas=1"]) else { return };
     assert!(!single.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    let Some(auth) = render(&["--set", "prometheus.authSecrets={prom-auth}"]) else { return };
+    let role = find(&auth, "Role", "secmetrics-prometheus-secrets");
+    assert_eq!(role["metadata"]["namespace"], "secmetrics-system", "platform namespaces only");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["prom-auth"], "verbs": ["get"]}])
+    );
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "secmetrics-prometheus-secrets"), "opt-in only");
     let Some(endpoints) = render(&["--set", "prometheus.endpoints.main=http://prom:9090"]) else { return };
     let args =
         &find(&endpoints, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"];

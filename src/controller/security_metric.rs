@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::metric_policy::ActionRecord;
-use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus};
+use crate::api::security_metric::{MetricState, PrometheusSource, SecurityMetricSpec, SecurityMetricStatus};
 use crate::api::{MetricPolicy, SecurityMetric};
 use crate::engine::policy::MetricView;
 use crate::engine::{
@@ -150,7 +150,7 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 }
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
                 let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
-                let mut queried = query_prometheus(&entries, &due, &settings).await;
+                let mut queried = query_prometheus(&client, &entries, &due, &settings).await;
                 for key in due {
                     let computed = queried
                         .remove(&key)
@@ -176,6 +176,7 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
 /// Queries Prometheus for the due `prometheus` metrics, concurrently, each within its
 /// timeout: a slow server delays this round by at most the longest timeout.
 async fn query_prometheus(
+    client: &Client,
     entries: &HashMap<(String, String), Entry>,
     due: &[(String, String)],
     settings: &Settings,
@@ -192,16 +193,61 @@ async fn query_prometheus(
         );
         let timeout = p.timeout.as_ref().map(|t| t.get()).unwrap_or(prometheus::DEFAULT_TIMEOUT);
         Some(async move {
-            let outcome = match address {
-                Ok(address) => {
-                    prometheus::query(&address, &p.query, p.tenant_label.as_deref(), timeout).await
+            let outcome = match (address, credentials(client, &e.namespace, p, platform).await) {
+                (Ok(address), Ok(c)) => {
+                    prometheus::query(&address, &p.query, p.tenant_label.as_deref(), timeout, &c).await
                 }
-                Err(refused) => refused,
+                (Err(refused), _) | (_, Err(refused)) => refused,
             };
             (key.clone(), outcome)
         })
     });
     futures::future::join_all(queries).await.into_iter().collect()
+}
+
+/// The credentials a `prometheus` metric names, read from Secrets in its namespace. Only
+/// platform metrics may name any (a tenant cannot borrow the operator's access).
+async fn credentials(
+    client: &Client,
+    namespace: &str,
+    p: &PrometheusSource,
+    platform: bool,
+) -> Result<prometheus::Credentials, Outcome> {
+    if !platform && (p.auth.is_some() || p.tls.is_some()) {
+        return Err(Outcome::SourceUnavailable {
+            reason: "AuthNotAllowed".into(),
+            message: "only metrics in platform namespaces may use source.prometheus.auth or tls".into(),
+        });
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let read = |name: String| {
+        let secrets = secrets.clone();
+        async move {
+            let secret = secrets.get(&name).await.map_err(|e| Outcome::SourceUnavailable {
+                reason: "SecretNotReadable".into(),
+                message: format!("cannot read Secret {namespace}/{name}: {e} (list it in the chart's prometheus.authSecrets)"),
+            })?;
+            let data: BTreeMap<String, Vec<u8>> =
+                secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            Ok::<_, Outcome>(data)
+        }
+    };
+    let mut c = prometheus::Credentials::default();
+    if let Some(auth) = &p.auth {
+        let data = read(auth.secret_ref.clone()).await?;
+        c.authorization =
+            Some(prometheus::Credentials::authorization(auth.type_, &auth.secret_ref, &data).map_err(
+                |message| Outcome::SourceUnavailable { reason: "SecretNotReadable".into(), message },
+            )?);
+    }
+    if let Some(tls) = &p.tls {
+        let mut data = read(tls.ca_secret_ref.clone()).await?;
+        c.ca_pem = Some(data.remove("ca.crt").ok_or_else(|| Outcome::SourceUnavailable {
+            reason: "SecretNotReadable".into(),
+            message: format!("Secret {namespace}/{} has no key \"ca.crt\"", tls.ca_secret_ref),
+        })?);
+    }
+    Ok(c)
 }
 
 /// How soon a follower looks again (it takes over within a lease duration).

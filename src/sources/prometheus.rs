@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::api::security_metric::PrometheusAuthType;
 use crate::engine::{Measurement, Outcome};
 
 /// Default query timeout.
@@ -122,8 +123,80 @@ pub fn measure(status: u16, body: &[u8], tenant_label: Option<&str>) -> Outcome 
     }
 }
 
+/// What the operator presents to Prometheus, read from Secrets.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The Authorization header value (`Bearer ...` or `Basic ...`).
+    pub authorization: Option<String>,
+    /// PEM CA bundle to trust instead of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Credentials {
+    /// The Authorization header for `auth` from the Secret's `data`; the error names the
+    /// missing key.
+    pub fn authorization(
+        auth: PrometheusAuthType,
+        secret: &str,
+        data: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<String, String> {
+        let key = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(v).trim().to_string())
+                .ok_or_else(|| format!("Secret {secret} has no key {k:?}"))
+        };
+        Ok(match auth {
+            PrometheusAuthType::Bearer => format!("Bearer {}", key("token")?),
+            PrometheusAuthType::Basic => {
+                format!("Basic {}", base64(format!("{}:{}", key("username")?, key("password")?).as_bytes()))
+            }
+        })
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A TLS client config trusting exactly the CAs in `pem`.
+fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("ca.crt is not a PEM certificate bundle: {e}"))?;
+        roots.add(cert).map_err(|e| format!("ca.crt: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("ca.crt holds no certificate".into());
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
 /// Runs `promql` against `address` within `timeout`.
-pub async fn query(address: &str, promql: &str, tenant_label: Option<&str>, timeout: Duration) -> Outcome {
+pub async fn query(
+    address: &str,
+    promql: &str,
+    tenant_label: Option<&str>,
+    timeout: Duration,
+    credentials: &Credentials,
+) -> Outcome {
     let encoded: String = form_urlencoded(promql);
     let url = format!("{address}/api/v1/query?query={encoded}");
     let uri: http::Uri = match url.parse() {
@@ -133,14 +206,24 @@ pub async fn query(address: &str, promql: &str, tenant_label: Option<&str>, time
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return unavailable("InvalidAddress", format!("{address}: the scheme must be http or https"));
     }
-    let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(b) => b.https_or_http().enable_http1().build(),
-        Err(e) => return unavailable("PrometheusUnreachable", format!("TLS roots: {e}")),
+    let builder = match &credentials.ca_pem {
+        Some(pem) => match tls_config(pem) {
+            Ok(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+            Err(e) => return unavailable("InvalidCA", e),
+        },
+        None => match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => b,
+            Err(e) => return unavailable("PrometheusUnreachable", format!("TLS roots: {e}")),
+        },
     };
+    let https = builder.https_or_http().enable_http1().build();
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let request = http::Request::get(uri)
-        .header(http::header::USER_AGENT, concat!("secmetrics/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::new());
+    let mut request = http::Request::get(uri)
+        .header(http::header::USER_AGENT, concat!("secmetrics/", env!("CARGO_PKG_VERSION")));
+    if let Some(value) = &credentials.authorization {
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let request = request.body(Empty::new());
     let request = match request {
         Ok(r) => r,
         Err(e) => return unavailable("InvalidAddress", e.to_string()),
@@ -256,6 +339,25 @@ mod tests {
         let (r, m) = reason(resolve_address(None, Some("other"), false, &endpoints).unwrap_err());
         assert_eq!(r, "EndpointNotFound");
         assert!(m.contains("known: main"), "{m}");
+    }
+
+    #[test]
+    fn credentials_from_secret_keys() {
+        let data = BTreeMap::from([
+            ("username".to_string(), b"admin".to_vec()),
+            ("password".to_string(), b"s3cret\n".to_vec()),
+            ("token".to_string(), b"abc".to_vec()),
+        ]);
+        assert_eq!(
+            Credentials::authorization(PrometheusAuthType::Basic, "p", &data).unwrap(),
+            "Basic YWRtaW46czNjcmV0"
+        );
+        assert_eq!(Credentials::authorization(PrometheusAuthType::Bearer, "p", &data).unwrap(), "Bearer abc");
+        let err = Credentials::authorization(PrometheusAuthType::Bearer, "p", &BTreeMap::new()).unwrap_err();
+        assert_eq!(err, "Secret p has no key \"token\"");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert!(tls_config(b"not pem").is_err());
     }
 
     #[test]

@@ -45,12 +45,22 @@ struct Prometheus {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    web: bool,
 }
 
 impl Prometheus {
     fn start(exporter: SocketAddr, dir: PathBuf) -> Self {
+        Self::start_with(exporter, dir, None)
+    }
+
+    /// With a `--web.config.file` (TLS, basic auth).
+    fn start_with(exporter: SocketAddr, dir: PathBuf, web_config: Option<String>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut p = Prometheus { child: None, port, dir };
+        let mut p = Prometheus { child: None, port, dir, web: web_config.is_some() };
+        std::fs::create_dir_all(&p.dir).unwrap();
+        if let Some(web) = web_config {
+            std::fs::write(p.dir.join("web.yml"), web).unwrap();
+        }
         std::fs::create_dir_all(&p.dir).unwrap();
         std::fs::write(
             p.dir.join("prometheus.yml"),
@@ -71,7 +81,11 @@ impl Prometheus {
             "{binary} not found: run scripts/setup (it installs Debian's prometheus package)"
         );
         let log = std::fs::File::create(self.dir.join("prometheus.log")).unwrap();
-        let child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        if self.web {
+            cmd.arg(format!("--web.config.file={}", self.dir.join("web.yml").display()));
+        }
+        let child = cmd
             .arg(format!("--config.file={}", self.dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", self.dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
@@ -215,4 +229,78 @@ async fn prometheus_metrics_converge_fail_clearly_and_recover() {
     // It comes back (same port, same data): the metric recovers.
     prom.restart();
     status_where(&env, &ns, "scalar", "recovered", |s| s.value == Some(8.0)).await;
+}
+
+/// A bcrypt hash of `e2e-password` (cost 4), for Prometheus' basic_auth_users.
+const PASSWORD_HASH: &str = "$2b$04$UayTk44Fa5vK0wZLtEQFiOcvwOQ6.VQ0zNKMroWwgqbLPT/9MTB1S";
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`.
+fn certificates(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=e2e-ca",
+        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile san.ext",
+    ] {
+        let out = Command::new("openssl").args(args.split(' ')).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[tokio::test]
+async fn prometheus_behind_tls_and_basic_auth_is_queried_with_credentials_from_secrets() {
+    let Some(env) = crate::harness::setup("prom-auth").await else { return };
+    env.install_crds().await;
+    let ns = env.namespace.clone();
+    // The chart grants reading exactly these two Secrets in the platform namespace.
+    let platform = format!("platformNamespaces={{{ns}}}");
+    operator::install_chart_rbac_with(
+        &env,
+        &["--set", &platform, "--set", "prometheus.authSecrets={prom-auth,prom-ca}"],
+    );
+    let _op = operator::start(&env, &[&ns]);
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-prometheus").join(&ns);
+    certificates(&dir);
+    let web = format!(
+        "tls_server_config: {{cert_file: {dir}/server.crt, key_file: {dir}/server.key}}\nbasic_auth_users: {{e2e: '{PASSWORD_HASH}'}}\n",
+        dir = dir.display()
+    );
+    let prom = Prometheus::start_with(exporter(), dir.clone(), Some(web));
+    let url = format!("https://127.0.0.1:{}", prom.port);
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = env.api();
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    for secret in [
+        json!({"metadata": {"name": "prom-auth"}, "stringData": {"username": "e2e", "password": "e2e-password"}}),
+        json!({"metadata": {"name": "prom-ca"}, "stringData": {"ca.crt": ca}}),
+    ] {
+        secrets.create(&Default::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+    }
+    let query = "scalar(sum(e2e_requests_total))";
+    let tls = json!({"caSecretRef": "prom-ca"});
+    let auth = json!({"type": "Basic", "secretRef": "prom-auth"});
+    for (name, source) in [
+        ("authed", json!({"address": url, "query": query, "tls": tls, "auth": auth})),
+        ("no-credentials", json!({"address": url, "query": query, "tls": tls})),
+        ("system-roots", json!({"address": url, "query": query, "auth": auth})),
+    ] {
+        create::<SecurityMetric>(&env, &prometheus_metric(&ns, &ns, name, source)).await;
+    }
+    status_where(&env, &ns, "authed", "the authenticated query converges", |s| s.value == Some(8.0)).await;
+    let s = status_where(&env, &ns, "no-credentials", "refused without credentials", |s| {
+        !s.conditions.is_empty()
+    })
+    .await;
+    let (_, reason, message) = condition(&s, "SourceAvailable");
+    assert_eq!(reason, "PrometheusHttpError", "{message}");
+    assert!(message.starts_with("HTTP 401"), "{message}");
+    let s = status_where(&env, &ns, "system-roots", "the private CA is not trusted by default", |s| {
+        !s.conditions.is_empty()
+    })
+    .await;
+    let (_, reason, message) = condition(&s, "SourceAvailable");
+    assert_eq!(reason, "PrometheusUnreachable", "{message}");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
 }
