@@ -77,11 +77,24 @@ fn security_metric_health_follows_generation_and_ready() {
         "Waiting for the secmetrics operator to evaluate generation 3",
     );
     // Evaluated: Healthy in every state, the state in the message (objective >= 95).
-    check(&metric_with(3, 3, &measured(Some(97.5))), "Healthy", "value 97.5 is Compliant (objective >= 95)");
-    check(&metric_with(3, 3, &measured(Some(85.0))), "Healthy", "value 85 is Warning (objective >= 95)");
-    check(&metric_with(3, 3, &measured(Some(42.0))), "Healthy", "value 42 is Breached (objective >= 95)");
+    check(
+        &metric_with(3, 3, &measured(Some(97.5))),
+        "Healthy",
+        "Compliant: value 97.5 is Compliant (objective >= 95)",
+    );
+    check(
+        &metric_with(3, 3, &measured(Some(85.0))),
+        "Healthy",
+        "Warning: value 85 is Warning (objective >= 95)",
+    );
+    check(
+        &metric_with(3, 3, &measured(Some(42.0))),
+        "Healthy",
+        "Breached: value 42 is Breached (objective >= 95)",
+    );
+    // Evaluated without data: works, state Unknown.
+    check(&metric_with(3, 3, &measured(None)), "Healthy", "Unknown: no data: the population is empty");
     // Not working: Degraded with the reason and the operator's message.
-    check(&metric_with(3, 3, &measured(None)), "Degraded", "NoData: no data: the population is empty");
     let forbidden = Outcome::SourceUnavailable {
         reason: "Forbidden".into(),
         message: "pods is forbidden: User \"system:serviceaccount:secmetrics-system:secmetrics\" cannot list"

@@ -594,16 +594,31 @@ fn condition<'a>(status: &'a Value, t: &str) -> &'a Value {
 #[test]
 fn prometheus_and_history_metrics_compile_and_are_never_a_silent_pass() {
     let (_, out) = evaluate_cli(&["--objects", fixture("workloads").to_str().unwrap()]);
-    for name in ["api-unauthorized-request-rate", "mean-time-to-recover"] {
-        let s = &item(&out, "SecurityMetric", name)["status"];
-        assert_eq!(condition(s, "ExpressionValid")["status"], "True", "{name}: {s}");
-        // Offline there is no Prometheus and no operator record: no value, Unknown, and a
-        // Ready condition that says why.
-        assert_eq!(s["state"], "Unknown", "{name}: {s}");
-        let ready = condition(s, "Ready");
-        assert_eq!(ready["status"], "False", "{name}: {s}");
-        assert!(!ready["message"].as_str().unwrap().is_empty(), "{name}: {s}");
-    }
+    // Offline there is no Prometheus: no value, Unknown, and a Ready condition that says why.
+    let s = &item(&out, "SecurityMetric", "api-unauthorized-request-rate")["status"];
+    assert_eq!(condition(s, "ExpressionValid")["status"], "True", "{s}");
+    assert_eq!(s["state"], "Unknown", "{s}");
+    let ready = condition(s, "Ready");
+    assert_eq!(ready["status"], "False", "{s}");
+    assert!(!ready["message"].as_str().unwrap().is_empty(), "{s}");
+    // The history metric reads the records the other metrics just got: every metric breached
+    // now has an open breach that started now (MTTR 0 s so far), and is an offender.
+    let s = &item(&out, "SecurityMetric", "mean-time-to-recover")["status"];
+    let breached: Vec<&str> = out["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "SecurityMetric" && i["status"]["state"] == "Breached")
+        // The history metric's selector leaves the incident-response metrics out.
+        .filter(|i| i["metadata"]["labels"]["secmetrics.io/category"] != "incidentresponse")
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(!breached.is_empty(), "the fixtures breach some metrics");
+    assert_eq!(s["value"], 0.0, "{s}");
+    assert_eq!(s["offendersTotal"], breached.len(), "{s}");
+    let offenders: Vec<&str> =
+        s["offenders"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert!(offenders.iter().all(|o| breached.contains(o)), "{offenders:?} vs {breached:?}");
 }
 
 #[test]

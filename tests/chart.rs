@@ -213,7 +213,9 @@ const EVERYTHING: &[&str] = &[
     "--set",
     "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true",
     "--set",
-    "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
+    "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.10/32}",
+    "--set",
+    "prometheus.endpoints.main=http://prometheus.monitoring:9090,prometheus.authSecrets={prom-auth}",
 ];
 
 #[test]
@@ -238,15 +240,19 @@ fn helm_lint_is_clean() {
 fn values_schema_rejects_bad_values() {
     // Each bad value and the path helm's schema validation names.
     let bad = [
-        ("replicaCount=two", "/replicaCount"),
-        ("replicaCount=0", "/replicaCount"),
+        ("replicas=two", "/replicas"),
+        ("replicas=0", "/replicas"),
         ("logFormat=xml", "/logFormat"),
-        ("replicas=2", "additional properties 'replicas'"),
+        ("replica=2", "additional properties 'replica'"),
         ("leaderElection.leaseDuration=soon", "/leaderElection/leaseDuration"),
         ("podAntiAffinity=maybe", "/podAntiAffinity"),
         ("platformNamespaces={Platform_NS}", "/platformNamespaces/0"),
-        ("networkPolicy.apiServer.cidrs={10.0.0.10}", "/networkPolicy/apiServer/cidrs/0"),
-        ("monitoring.prometheusRule.breachedFor=half-an-hour", "/monitoring/prometheusRule/breachedFor"),
+        ("networkPolicy.apiServerCIDRs={10.0.0.10}", "/networkPolicy/apiServerCIDRs/0"),
+        (
+            "monitoring.prometheusRule.breachedForMinutes=half-an-hour",
+            "/monitoring/prometheusRule/breachedForMinutes",
+        ),
+        ("prometheus.endpoints.main=ftp://x", "/prometheus/endpoints/main"),
         (
             "rbac.extraObserve[0].apiGroups[0]=,rbac.extraObserve[0].resources[0]=*",
             "/rbac/extraObserve/0/resources/0",
@@ -265,16 +271,16 @@ fn values_schema_rejects_bad_values() {
     for values in [
         &[][..],
         EVERYTHING,
-        &["--set", "podDisruptionBudget.maxUnavailable=50%,podAntiAffinity=hard,logFormat=text"],
+        &["--set", "podAntiAffinity=hard,logFormat=text,monitoring.prometheusRule.breachedForMinutes=60"],
         &["--set", "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"],
     ] {
         render(values);
     }
     // Several replicas without leader election would all write and act: refused.
-    let Some(out) = template(&["--set", "replicaCount=3,leaderElection.enabled=false"]) else { return };
+    let Some(out) = template(&["--set", "replicas=3,leaderElection.enabled=false"]) else { return };
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("replicaCount > 1 needs leaderElection.enabled"));
-    render(&["--set", "replicaCount=1,leaderElection.enabled=false"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replicas > 1 needs leaderElection.enabled"));
+    render(&["--set", "replicas=1,leaderElection.enabled=false"]);
 }
 
 fn selector_labels() -> Value {
@@ -318,18 +324,19 @@ fn two_replicas_elect_a_leader_and_spread_by_default() {
     assert!(spread.iter().all(|t| t["labelSelector"]["matchLabels"] == selector_labels()));
     // A drain keeps one replica.
     let pdb = find(&docs, "PodDisruptionBudget", "secmetrics");
-    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert_eq!(pdb["spec"]["selector"]["matchLabels"], selector_labels());
     // The Service in front of /metrics selects the pods and targets the probe port.
     let svc = find(&docs, "Service", "secmetrics");
     assert_eq!(svc["spec"]["selector"], selector_labels());
-    assert_eq!(svc["spec"]["ports"][0]["name"], "metrics");
+    assert_eq!(svc["spec"]["ports"][0]["name"], "http");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
 
-    // One replica may run without leader election; affinity replaces the default.
+    // One replica may run without leader election, and gets no PodDisruptionBudget (it would
+    // block every drain); affinity replaces the default.
     let Some(docs) = render(&[
         "--set",
-        "replicaCount=1,leaderElection.enabled=false,podDisruptionBudget.enabled=false",
+        "replicas=1,leaderElection.enabled=false",
         "--set",
         "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
         "--set",
@@ -352,6 +359,8 @@ fn two_replicas_elect_a_leader_and_spread_by_default() {
 #[test]
 fn network_policy_admits_only_the_metrics_port_and_reaches_only_dns_and_the_api_server() {
     let Some(docs) = render(&[]) else { return };
+    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"), "opt-in");
+    let Some(docs) = render(&["--set", "networkPolicy.enabled=true"]) else { return };
     let np = find(&docs, "NetworkPolicy", "secmetrics");
     assert_eq!(np["spec"]["podSelector"]["matchLabels"], selector_labels());
     assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
@@ -364,24 +373,24 @@ fn network_policy_admits_only_the_metrics_port_and_reaches_only_dns_and_the_api_
     assert_eq!(egress[0]["to"][0]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
     assert_eq!(
         egress[1]["ports"],
-        serde_json::json!([{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}])
+        serde_json::json!([{"port": 6443, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}])
     );
     assert!(egress[1]["to"].is_null(), "without cidrs: the API server ports anywhere");
 
     let Some(docs) = render(&[
         "--set",
-        "networkPolicy.apiServer.cidrs={10.0.0.10/32},networkPolicy.apiServer.ports={6443}",
+        "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.10/32},networkPolicy.apiServerPort=443",
         "--set-json",
         r#"networkPolicy.extraEgress=[{"to":[{"ipBlock":{"cidr":"203.0.113.0/24"}}],"ports":[{"port":443}]}]"#,
         "--set-json",
-        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+        r#"networkPolicy.ingressFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
     ]) else {
         return;
     };
     let np = find(&docs, "NetworkPolicy", "secmetrics");
     let egress = np["spec"]["egress"].as_array().unwrap();
     assert_eq!(egress[1]["to"], serde_json::json!([{"ipBlock": {"cidr": "10.0.0.10/32"}}]));
-    assert_eq!(egress[1]["ports"], serde_json::json!([{"port": 6443, "protocol": "TCP"}]));
+    assert_eq!(egress[1]["ports"], serde_json::json!([{"port": 443, "protocol": "TCP"}]), "443 once");
     assert_eq!(
         egress[2]["to"][0]["ipBlock"]["cidr"], "203.0.113.0/24",
         "webhook/Prometheus egress from the value"
@@ -390,9 +399,6 @@ fn network_policy_admits_only_the_metrics_port_and_reaches_only_dns_and_the_api_
         np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "monitoring"
     );
-
-    let Some(docs) = render(&["--set", "networkPolicy.enabled=false"]) else { return };
-    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"));
 }
 
 #[test]
@@ -405,7 +411,7 @@ fn monitoring_renders_service_monitor_alerts_and_dashboard_only_when_enabled() {
         "--set",
         "monitoring.serviceMonitor.enabled=true,monitoring.serviceMonitor.labels.release=kube-prometheus-stack",
         "--set",
-        "monitoring.prometheusRule.enabled=true,monitoring.prometheusRule.breachedFor=45m",
+        "monitoring.prometheusRule.enabled=true,monitoring.prometheusRule.breachedForMinutes=45",
         "--set",
         "monitoring.grafanaDashboard.enabled=true,monitoring.grafanaDashboard.namespace=grafana",
     ]) else {
@@ -766,4 +772,23 @@ fn readme_production_values_render() {
     let np = find(&docs, "NetworkPolicy", "secmetrics");
     assert_eq!(np["spec"]["egress"][1]["to"][1]["ipBlock"]["cidr"], "10.0.0.11/32");
     assert_eq!(np["spec"]["egress"][2]["ports"][0]["port"], 9090);
+}
+
+#[test]
+fn prometheus_endpoints_and_auth_secrets_are_exact_and_opt_in() {
+    let Some(docs) = render(&[]) else { return };
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "secmetrics-prometheus-secrets"), "opt-in only");
+    let Some(docs) =
+        render(&["--set", "prometheus.authSecrets={prom-auth},prometheus.endpoints.main=http://prom:9090"])
+    else {
+        return;
+    };
+    let role = find(&docs, "Role", "secmetrics-prometheus-secrets");
+    assert_eq!(role["metadata"]["namespace"], "secmetrics-system", "platform namespaces only");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["prom-auth"], "verbs": ["get"]}])
+    );
+    let args = &find(&docs, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(args.as_array().unwrap().iter().any(|a| a == "--prometheus-endpoint=main=http://prom:9090"));
 }

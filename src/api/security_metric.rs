@@ -262,19 +262,64 @@ pub enum Aggregate {
     NamespaceCoverage,
 }
 
-/// Query Prometheus.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// An instant query against the Prometheus HTTP API (`/api/v1/query`). A scalar is the value;
+/// a vector is summed, and broken down per tenant by `tenantLabel`. An empty result is no
+/// data (Unknown), never 0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.address) != has(self.endpointRef)").message("exactly one of source.prometheus.address, source.prometheus.endpointRef must be set"))]
 pub struct PrometheusSource {
-    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`. Only
+    /// metrics in platform namespaces may name an address; others use `endpointRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Name of a Prometheus endpoint the platform team defined (operator flag
+    /// `--prometheus-endpoint name=url`, Helm value `prometheus.endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_ref: Option<String>,
+    /// How long the query may take (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Credentials from a Secret in the metric's namespace (platform namespaces only; the
+    /// chart grants reading exactly the Secrets in `prometheus.authSecrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PrometheusAuth>,
+    /// Trust for an HTTPS address signed by a private CA (platform namespaces only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTls>,
     /// PromQL returning an instant vector or a scalar.
     #[schemars(length(min = 1, max = 8192))]
     pub query: String,
     /// Series label carrying the tenant, for the per-tenant breakdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_label: Option<String>,
+}
+
+/// How the operator authenticates to Prometheus.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusAuth {
+    /// `Bearer` (Secret key `token`) or `Basic` (keys `username` and `password`).
+    #[serde(rename = "type")]
+    pub type_: PrometheusAuthType,
+    /// Name of the Secret, in the metric's namespace.
+    pub secret_ref: String,
+}
+
+/// Authentication schemes for Prometheus.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PrometheusAuthType {
+    Bearer,
+    Basic,
+}
+
+/// TLS settings for Prometheus.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusTls {
+    /// Name of a Secret (metric's namespace) whose key `ca.crt` holds the PEM CA bundle to
+    /// trust instead of the system roots.
+    pub ca_secret_ref: String,
 }
 
 /// Operational metrics computed from the operator's own records.

@@ -154,7 +154,9 @@ fn evaluate_history(
             .flat_map(|s| s.recent_actions.iter())
             .collect();
         let name = m.metadata.name.as_deref().unwrap_or_default();
-        let measured = h.measure(name, &namespace, &views, &actions, now.0, engine::MAX_OFFENDERS);
+        // Whole seconds, as the records are (see build_status).
+        let at = k8s_openapi::jiff::Timestamp::from_second(now.0.as_second()).unwrap_or(now.0);
+        let measured = h.measure(name, &namespace, &views, &actions, at, engine::MAX_OFFENDERS);
         let outcome = engine::Outcome::Measured(measured);
         computed.push((
             i,
@@ -324,9 +326,10 @@ fn evaluate_members(
         .map(|&i| {
             let outcome = match &compiled[i] {
                 Err(e) => engine::Outcome::Invalid(e.clone()),
-                Ok(engine::CompiledSource::Unsupported(why)) => engine::Outcome::SourceUnavailable {
-                    reason: "SourceNotSupported".into(),
-                    message: (*why).into(),
+                // Offline there is no Prometheus to ask: no data, and the condition says why.
+                Ok(engine::CompiledSource::Prometheus(_)) => engine::Outcome::SourceUnavailable {
+                    reason: "NotQueriedOffline".into(),
+                    message: "secmetrics evaluate does not query Prometheus; the operator does".into(),
                 },
                 Ok(engine::CompiledSource::Kubernetes(_)) => unreachable!("grouped above"),
                 // Replaced once the other metrics are evaluated (see `evaluate_history`).

@@ -58,10 +58,22 @@ pub struct RunArgs {
     /// dies). A leader that cannot renew stops writing after two thirds of it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// A Prometheus endpoint metrics may name in `source.prometheus.endpointRef`, as
+    /// `name=url` (repeatable). Metrics outside the platform namespaces can only use these.
+    #[arg(long = "prometheus-endpoint", env = "SECMETRICS_PROMETHEUS_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint)]
+    pub prometheus_endpoints: Vec<(String, String)>,
     /// Metrics with more tenants than this export no per-tenant Prometheus series
     /// (cardinality bound); 0 turns them off.
     #[arg(long, default_value_t = 20)]
     pub tenant_series_limit: usize,
+}
+
+fn parse_endpoint(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or("expected name=url")?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url}: the URL must start with http:// or https://"));
+    }
+    Ok((name.to_string(), url.to_string()))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -111,6 +123,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         evaluation_budget: args.evaluation_budget,
         leadership: leadership.clone(),
         ready: ready.clone(),
+        prometheus_endpoints: args.prometheus_endpoints.iter().cloned().collect(),
     };
     let policy_settings = metric_policy::Settings {
         platform_namespaces: args.platform_namespaces.clone(),

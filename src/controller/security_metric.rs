@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::metric_policy::ActionRecord;
-use crate::api::security_metric::{MetricState, SecurityMetricSpec, SecurityMetricStatus};
+use crate::api::security_metric::{MetricState, PrometheusSource, SecurityMetricSpec, SecurityMetricStatus};
 use crate::api::{MetricPolicy, SecurityMetric};
 use crate::engine::policy::MetricView;
 use crate::engine::{
@@ -33,6 +33,7 @@ use crate::engine::{
 use crate::leader::Leadership;
 use crate::metrics;
 use crate::sources::kubernetes::{Change, KindState, Observed, Watches};
+use crate::sources::prometheus;
 use crate::status;
 
 /// Settings of the metric controller.
@@ -48,6 +49,8 @@ pub struct Settings {
     pub evaluation_budget: Duration,
     /// Whether this replica may write.
     pub leadership: Leadership,
+    /// Prometheus endpoints defined by the platform team, by name (`endpointRef`).
+    pub prometheus_endpoints: HashMap<String, String>,
     /// Set once the SecurityMetrics are listed and every observed kind has synced (or failed).
     pub ready: Arc<AtomicBool>,
 }
@@ -147,11 +150,14 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 }
                 let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
                 let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
+                let mut queried = query_prometheus(&client, &entries, &due, &settings).await;
                 for key in due {
-                    let history = metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten();
+                    let computed = queried
+                        .remove(&key)
+                        .or_else(|| metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten());
                     if let Some(entry) = entries.get_mut(&key) {
                         let precomputed = full.remove(&key);
-                        evaluate(&client, &recorder, &observed, entry, &settings, precomputed, history).await;
+                        evaluate(&client, &recorder, &observed, entry, &settings, precomputed, computed).await;
                     }
                 }
             }
@@ -165,6 +171,83 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
             metrics::READY.set(1);
         }
     }
+}
+
+/// Queries Prometheus for the due `prometheus` metrics, concurrently, each within its
+/// timeout: a slow server delays this round by at most the longest timeout.
+async fn query_prometheus(
+    client: &Client,
+    entries: &HashMap<(String, String), Entry>,
+    due: &[(String, String)],
+    settings: &Settings,
+) -> HashMap<(String, String), Outcome> {
+    let queries = due.iter().filter_map(|key| {
+        let e = entries.get(key)?;
+        let Ok(CompiledSource::Prometheus(p)) = &e.compiled else { return None };
+        let platform = matches!(e.visibility, Visibility::Cluster);
+        let address = prometheus::resolve_address(
+            p.address.as_deref(),
+            p.endpoint_ref.as_deref(),
+            platform,
+            &settings.prometheus_endpoints,
+        );
+        let timeout = p.timeout.as_ref().map(|t| t.get()).unwrap_or(prometheus::DEFAULT_TIMEOUT);
+        Some(async move {
+            let outcome = match (address, credentials(client, &e.namespace, p, platform).await) {
+                (Ok(address), Ok(c)) => {
+                    prometheus::query(&address, &p.query, p.tenant_label.as_deref(), timeout, &c).await
+                }
+                (Err(refused), _) | (_, Err(refused)) => refused,
+            };
+            (key.clone(), outcome)
+        })
+    });
+    futures::future::join_all(queries).await.into_iter().collect()
+}
+
+/// The credentials a `prometheus` metric names, read from Secrets in its namespace. Only
+/// platform metrics may name any (a tenant cannot borrow the operator's access).
+async fn credentials(
+    client: &Client,
+    namespace: &str,
+    p: &PrometheusSource,
+    platform: bool,
+) -> Result<prometheus::Credentials, Outcome> {
+    if !platform && (p.auth.is_some() || p.tls.is_some()) {
+        return Err(Outcome::SourceUnavailable {
+            reason: "AuthNotAllowed".into(),
+            message: "only metrics in platform namespaces may use source.prometheus.auth or tls".into(),
+        });
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let read = |name: String| {
+        let secrets = secrets.clone();
+        async move {
+            let secret = secrets.get(&name).await.map_err(|e| Outcome::SourceUnavailable {
+                reason: "SecretNotReadable".into(),
+                message: format!("cannot read Secret {namespace}/{name}: {e} (list it in the chart's prometheus.authSecrets)"),
+            })?;
+            let data: BTreeMap<String, Vec<u8>> =
+                secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            Ok::<_, Outcome>(data)
+        }
+    };
+    let mut c = prometheus::Credentials::default();
+    if let Some(auth) = &p.auth {
+        let data = read(auth.secret_ref.clone()).await?;
+        c.authorization =
+            Some(prometheus::Credentials::authorization(auth.type_, &auth.secret_ref, &data).map_err(
+                |message| Outcome::SourceUnavailable { reason: "SecretNotReadable".into(), message },
+            )?);
+    }
+    if let Some(tls) = &p.tls {
+        let mut data = read(tls.ca_secret_ref.clone()).await?;
+        c.ca_pem = Some(data.remove("ca.crt").ok_or_else(|| Outcome::SourceUnavailable {
+            reason: "SecretNotReadable".into(),
+            message: format!("Secret {namespace}/{} has no key \"ca.crt\"", tls.ca_secret_ref),
+        })?);
+    }
+    Ok(c)
 }
 
 /// How soon a follower looks again (it takes over within a lease duration).
@@ -365,10 +448,15 @@ fn history_outcome(
         policies.state_filter(|p| p.metadata.namespace.as_deref() == Some(e.namespace.as_str()));
     let actions: Vec<&ActionRecord> =
         in_namespace.iter().filter_map(|p| p.status.as_ref()).flat_map(|s| s.recent_actions.iter()).collect();
-    let now = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds, as the records are (see engine::build_status).
+    let now =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second()).ok()?;
     Some(Outcome::Measured(h.measure(&e.name, &e.namespace, &metrics, &actions, now, engine::MAX_OFFENDERS)))
 }
 
+/// One metric's evaluation and status write, in a span naming the metric (so every log line
+/// of it, JSON included, carries namespace and name).
+#[tracing::instrument(skip_all, fields(namespace = %e.namespace, metric = %e.name))]
 async fn evaluate(
     client: &Client,
     recorder: &Recorder,
@@ -376,24 +464,21 @@ async fn evaluate(
     e: &mut Entry,
     settings: &Settings,
     precomputed: Option<Full>,
-    history: Option<Outcome>,
+    computed: Option<Outcome>,
 ) {
     let budget = settings.evaluation_budget;
     let interval = engine::interval(&e.spec);
     let started = Instant::now();
     let outcome = match &e.compiled {
         Err(err) => Outcome::Invalid(err.clone()),
-        Ok(CompiledSource::History(_)) => match history {
+        Ok(CompiledSource::History(_) | CompiledSource::Prometheus(_)) => match computed {
             Some(outcome) => outcome,
             None => {
-                // MetricPolicies are still loading.
+                // History: the metrics or MetricPolicies are still loading.
                 e.due = Instant::now() + Duration::from_millis(500);
                 return;
             }
         },
-        Ok(CompiledSource::Unsupported(why)) => {
-            Outcome::SourceUnavailable { reason: "SourceNotSupported".into(), message: (*why).into() }
-        }
         Ok(CompiledSource::Kubernetes(k)) => match readiness(observed, &k.kinds()) {
             Readiness::Syncing => {
                 e.due = Instant::now() + Duration::from_millis(500);

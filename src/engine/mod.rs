@@ -41,8 +41,8 @@ pub enum CompiledSource {
     Kubernetes(Box<CompiledKubernetes>),
     /// Computed from the operator's own records.
     History(Box<history::CompiledHistory>),
-    /// A source this build does not evaluate yet; the message says which.
-    Unsupported(&'static str),
+    /// Queried from Prometheus (by the controller: the engine has no client).
+    Prometheus(Box<crate::api::security_metric::PrometheusSource>),
 }
 
 /// Compiles a metric's source. Errors name the field and position.
@@ -52,9 +52,7 @@ pub fn compile(spec: &SecurityMetricSpec) -> Result<CompiledSource, CompileError
         (Some(k), None, None) => {
             Ok(CompiledSource::Kubernetes(Box::new(CompiledKubernetes::compile(k, tenant_label)?)))
         }
-        (None, Some(_), None) => {
-            Ok(CompiledSource::Unsupported("the prometheus source is not available in this version"))
-        }
+        (None, Some(p), None) => Ok(CompiledSource::Prometheus(Box::new(p.clone()))),
         (None, None, Some(h)) => history::CompiledHistory::compile(h)
             .map(|c| CompiledSource::History(Box::new(c)))
             .map_err(|e| CompileError { field: e.field, message: e.to_string(), position: None }),

@@ -1,3 +1,4 @@
-//! Where metric data comes from: shared watches of Kubernetes objects.
+//! Where metric data comes from: shared watches of Kubernetes objects, and Prometheus.
 
 pub mod kubernetes;
+pub mod prometheus;

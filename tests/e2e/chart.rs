@@ -80,7 +80,9 @@ async fn rendered_chart_passes_server_side_dry_run() {
             "--set",
             "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true",
             "--set",
-            "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
+            "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.10/32}",
+            "--set",
+            "prometheus.endpoints.main=http://prometheus.monitoring:9090,prometheus.authSecrets={prom-auth}",
             "--set-json",
             r#"networkPolicy.extraEgress=[{"to":[{"ipBlock":{"cidr":"203.0.113.0/24"}}],"ports":[{"port":443}]}]"#,
         ],
@@ -122,7 +124,7 @@ async fn rendered_chart_passes_server_side_dry_run() {
     // minAvailable and maxUnavailable is rejected.
     let mut broken = docs.clone();
     let pdb = broken.iter_mut().find(|d| d["kind"] == "PodDisruptionBudget").unwrap();
-    pdb["spec"]["minAvailable"] = json!(1);
+    pdb["spec"]["maxUnavailable"] = json!(1);
     let out = kubectl_with(&env, DRY_RUN, &broken);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an invalid PodDisruptionBudget passed the dry run");

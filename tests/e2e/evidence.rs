@@ -131,6 +131,20 @@ async fn tenant_use_jumping_above_its_baseline_plans_a_quota_clamp_for_that_tena
     let quotas: Api<ResourceQuota> = Api::namespaced(env.admin.clone(), &format!("{ns}-busy"));
     assert!(quotas.list(&ListParams::default()).await.unwrap().items.is_empty());
 
+    // The auditor's report from the live cluster shows the planned clamp and the anomaly.
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_secmetrics"))
+        .args(["report", "--format", "markdown", "-n", &ns])
+        .env("KUBECONFIG", &env.admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let md = String::from_utf8_lossy(&report.stdout);
+    let planned_line = md.lines().find(|l| l.contains("Planned") && l.contains("ResourceQuota"));
+    assert!(
+        planned_line.is_some_and(|l| l.contains(&format!("{ns}-busy"))),
+        "no planned clamp in the report:\n{md}"
+    );
+
     // The evaluations are tracked: today's bucket exists with samples and observed time.
     let trend = metric_status(&env, "tenant-pods").await.unwrap().trend.unwrap();
     let today = trend.daily.last().unwrap();

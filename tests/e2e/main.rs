@@ -12,5 +12,6 @@ mod evidence;
 mod metric_policy;
 mod operations;
 mod operator;
+mod prometheus;
 mod report;
 mod security_metric;

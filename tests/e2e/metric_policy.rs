@@ -189,7 +189,7 @@ async fn dry_run_plans_records_and_changes_nothing() {
     let nps: Api<NetworkPolicy> = env.api();
     assert!(nps.list(&ListParams::default()).await.unwrap().items.is_empty());
 
-    // kubectl get mp shows Mode, State, Score, Active.
+    // kubectl get mp shows Mode, State, Score, Active, Last Action.
     let out = std::process::Command::new(crate::harness::kubectl())
         .arg("--kubeconfig")
         .arg(&env.admin_kubeconfig)
@@ -198,9 +198,9 @@ async fn dry_run_plans_records_and_changes_nothing() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "MODE", "STATE", "SCORE", "ACTIVE", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "MODE", "STATE", "SCORE", "ACTIVE", "LAST", "ACTION", "AGE"], "{table}");
     let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-    assert_eq!(&row[..5], ["baseline", "DryRun", "NonCompliant", "0", "4"], "{table}");
+    assert_eq!(&row[..6], ["baseline", "DryRun", "NonCompliant", "0", "4", "Planned"], "{table}");
 
     // Recovery: planned remediations end as (planned) reverts.
     label_owner(&env, &ns, "web").await;

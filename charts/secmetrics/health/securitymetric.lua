@@ -1,9 +1,10 @@
 -- Argo CD health of a secmetrics.io SecurityMetric (docs/argocd-health.md).
 -- Health says whether the metric works, not whether it complies: a metric the operator
--- evaluates is Healthy in any state (Compliant, Warning, Breached), with the value and state
--- in the message. Ready=False (source unavailable, invalid expression, cost limit exceeded,
--- no data) is Degraded with the condition's reason and message. Until the operator has
--- evaluated the current generation it is Progressing. Lua 5.1, as Argo CD runs it.
+-- evaluates is Healthy in any state (Compliant, Warning, Breached, or Unknown for an empty
+-- population), with its state first in the message. A metric that cannot be evaluated
+-- (source unavailable, invalid expression, cost limit exceeded) is Degraded with the Ready
+-- condition's reason and message. Until the operator has evaluated the current generation it
+-- is Progressing. Lua 5.1, as Argo CD runs it.
 local hs = {status = "Progressing", message = "Waiting for the secmetrics operator to evaluate the metric"}
 local generation = obj.metadata and obj.metadata.generation
 local status = obj.status
@@ -30,7 +31,11 @@ if generation ~= nil and ready.observedGeneration ~= nil and ready.observedGener
 end
 if ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = ready.message or ""
+  hs.message = (status.state or "Unknown") .. ": " .. (ready.message or "")
+elseif ready.reason == "NoData" then
+  -- Evaluated, but nothing to measure: the state is Unknown (never a silent pass).
+  hs.status = "Healthy"
+  hs.message = "Unknown: " .. (ready.message or "")
 else
   hs.status = "Degraded"
   hs.message = (ready.reason or "NotReady") .. ": " .. (ready.message or "")
