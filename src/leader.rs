@@ -98,6 +98,9 @@ pub fn start(client: Client, namespace: &str, lease: &str, identity: String, tim
             if leading != was_leader {
                 info!(lease = %lease, identity = %identity, leading, "leadership changed");
                 crate::metrics::LEADER.set(i64::from(leading));
+                if !leading {
+                    crate::metrics::forget_all();
+                }
                 was_leader = leading;
             }
             tokio::time::sleep(timing.retry_period).await;

@@ -234,6 +234,21 @@ pub fn forget_metric(namespace: &str, name: &str) {
     }
 }
 
+/// Forgets every metric and policy series: a replica that stops leading stops evaluating,
+/// and its last values would otherwise be scraped as if current.
+pub fn forget_all() {
+    if let Ok(mut e) = EXPORTED.lock() {
+        e.clear();
+    }
+    METRIC_VALUE.clear();
+    METRIC_STATE.clear();
+    METRIC_ANOMALOUS.clear();
+    EVALUATION_ERRORS.clear();
+    TENANT_VALUE.clear();
+    POLICY_SCORE.clear();
+    POLICY_COMPLIANT.clear();
+}
+
 /// Records a MetricPolicy's roll-up.
 pub fn record_policy(namespace: &str, name: &str, score: Option<f64>, compliant: bool) {
     let l = PolicyLabels { namespace: namespace.into(), policy: name.into() };
@@ -316,5 +331,10 @@ mod tests {
         assert!(!encode().contains(r#"tenant="b""#));
         forget_metric("unit-ns", "unit-m");
         assert!(!encode().contains("unit-m"));
+        record_metric("unit-ns", "unit-m", "AccessControl", &many);
+        record_policy("unit-ns", "unit-p", Some(50.0), false);
+        forget_all();
+        let text = encode();
+        assert!(!text.contains("unit-m") && !text.contains("unit-p"), "{text}");
     }
 }
