@@ -92,3 +92,16 @@ pub fn metric_spec(i: usize) -> Value {
         "tenancy": {},
     })
 }
+
+/// The same ten kinds of metric, but nothing shared between any two of the 100: each `passes`
+/// carries its own exemption (`|| object.metadata.name == 'exempt-<i>'`) and each `where`
+/// filters on an object field rather than the namespace. This is the worst case for the
+/// engine's sharing (one evaluation per distinct expression per object).
+pub fn distinct_metric_spec(i: usize) -> Value {
+    let mut spec = metric_spec(i);
+    let source = &mut spec["source"]["kubernetes"];
+    let passes = source["passes"].as_str().unwrap().to_string();
+    source["passes"] = json!(format!("({passes}) || object.metadata.name == 'exempt-{i}'"));
+    source["where"] = json!(format!("object.metadata.labels.app != 'legacy-{i}'"));
+    spec
+}
