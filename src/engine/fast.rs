@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 
-use super::node::{self, Key, Node, map_get, map_get_key};
+use super::node::{self, Key, Node, map_get};
 
 /// The fast evaluator cannot decide: run the interpreter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,10 @@ pub enum Op {
     NotStrictlyFalse(Box<Op>),
     Lookup(Box<[Op; 4]>),
     Comprehension(Box<Comprehension>),
+    /// `range.all(x, pred)` and `range.exists(x, pred)`: the macros' comprehensions without
+    /// their accumulator (the loop stops at the first answer that decides).
+    All(Box<Quantifier>),
+    Exists(Box<Quantifier>),
     /// Outside the subset.
     Unsupported,
 }
@@ -85,7 +89,7 @@ impl Field {
                 self.hint.store(i as u32, AtomicOrdering::Relaxed);
                 Some(&entries[i].1)
             }
-            None => map_get_key(entries, &self.key),
+            None => node::map_get_unshared(entries, &self.key),
         }
     }
 }
@@ -127,6 +131,45 @@ pub struct Comprehension {
     result: Op,
 }
 
+/// The loop of `all` and `exists`: one predicate per element, no accumulator.
+#[derive(Debug)]
+pub struct Quantifier {
+    range: Op,
+    iter_slot: usize,
+    pred: Op,
+}
+
+impl Comprehension {
+    /// The parser expands `all` to (init `true`, condition `@not_strictly_false(accu)`, step
+    /// `accu && pred`, result `accu`) and `exists` to (`false`, `@not_strictly_false(!accu)`,
+    /// `accu || pred`, `accu`). Recognised exactly; anything else stays a comprehension.
+    fn into_op(self) -> Op {
+        let a = self.accu_slot;
+        let is_accu = |o: &Op| matches!(o, Op::Local(s) if *s == a);
+        let shape = match (&self.init, &self.cond, &self.step) {
+            (Op::Const(Node::Bool(true)), Op::NotStrictlyFalse(c), Op::And(l, _))
+                if is_accu(c) && is_accu(l) =>
+            {
+                Some(true)
+            }
+            (Op::Const(Node::Bool(false)), Op::NotStrictlyFalse(c), Op::Or(l, _))
+                if matches!(&**c, Op::Not(n) if is_accu(n)) && is_accu(l) =>
+            {
+                Some(false)
+            }
+            _ => None,
+        };
+        match (shape, is_accu(&self.result)) {
+            (Some(all), true) => {
+                let (Op::And(_, pred) | Op::Or(_, pred)) = self.step else { unreachable!("matched above") };
+                let q = Box::new(Quantifier { range: self.range, iter_slot: self.iter_slot, pred: *pred });
+                if all { Op::All(q) } else { Op::Exists(q) }
+            }
+            _ => Op::Comprehension(Box::new(self)),
+        }
+    }
+}
+
 /// Whether `op` depends on the object only through `object.metadata.namespace` (and otherwise
 /// on `namespaceObject`, `tenant` and literals): then it has one value per namespace, and a
 /// pass can evaluate it once per run of objects of one namespace ("exclude system
@@ -154,6 +197,7 @@ pub fn reads_only_namespace(op: &Op) -> bool {
         Op::Cond(parts) => parts.iter().all(reads_only_namespace),
         Op::List(items) => items.iter().all(reads_only_namespace),
         Op::Comprehension(c) => all(&[&c.range, &c.init, &c.cond, &c.step, &c.result]),
+        Op::All(q) | Op::Exists(q) => all(&[&q.range, &q.pred]),
     }
 }
 
@@ -231,15 +275,7 @@ impl Compiler {
                 self.scopes[iter_slot].0 = String::from("\0");
                 let result = self.op(&c.result);
                 self.scopes.truncate(iter_slot);
-                Op::Comprehension(Box::new(Comprehension {
-                    range,
-                    iter_slot,
-                    accu_slot,
-                    init,
-                    cond,
-                    step,
-                    result,
-                }))
+                Comprehension { range, iter_slot, accu_slot, init, cond, step, result }.into_op()
             }
             Expr::Call(c) => self.call(&c.func_name, c.target.as_deref(), &c.args),
             Expr::Comprehension(_) | Expr::Map(_) | Expr::Struct(_) | Expr::Unspecified => Op::Unsupported,
@@ -543,6 +579,8 @@ impl<'a> Eval<'_, 'a> {
                 self.env.lookup.lookup(api, kind, ns, name).map(V::from).unwrap_or(V::Null)
             }
             Op::Comprehension(c) => self.comprehension(c)?,
+            Op::All(q) => V::Bool(self.quantify(q, false)?),
+            Op::Exists(q) => V::Bool(!self.quantify(q, true)?),
             Op::Unsupported => return Err(Bail),
         })
     }
@@ -579,6 +617,44 @@ impl<'a> Eval<'_, 'a> {
         self.locals[c.accu_slot] = V::Null;
         self.locals[c.iter_slot] = V::Null;
         Ok(result)
+    }
+
+    /// Whether no element's predicate is `decides` (`all`: no false one; `exists`: no true
+    /// one). A non-boolean or failing predicate bails, as in the comprehension it replaces.
+    fn quantify(&mut self, q: &'a Quantifier, decides: bool) -> Result<bool, Bail> {
+        let mut undecided = true;
+        match self.op(&q.range)? {
+            V::List(items) => {
+                for item in items.iter() {
+                    self.locals[q.iter_slot] = V::from(item);
+                    if self.bool(&q.pred)? == decides {
+                        undecided = false;
+                        break;
+                    }
+                }
+            }
+            V::Values(items) => {
+                for item in items.iter() {
+                    self.locals[q.iter_slot] = item.clone();
+                    if self.bool(&q.pred)? == decides {
+                        undecided = false;
+                        break;
+                    }
+                }
+            }
+            V::Map(entries) => {
+                for (k, _) in entries.iter() {
+                    self.locals[q.iter_slot] = V::Str(k);
+                    if self.bool(&q.pred)? == decides {
+                        undecided = false;
+                        break;
+                    }
+                }
+            }
+            _ => return Err(Bail),
+        }
+        self.locals[q.iter_slot] = V::Null;
+        Ok(undecided)
     }
 
     /// One step; false when the loop condition stops the loop.
@@ -834,5 +910,21 @@ mod tests {
             let env = Env { object: &node, namespace: None, tenant: None, lookup: &NoObjects };
             assert!(eval(&op, &env).is_ok(), "{src} bailed");
         }
+    }
+
+    #[test]
+    fn all_and_exists_run_without_their_accumulator() {
+        let op =
+            |src: &str| compile(cel::Program::compile(src).unwrap().expression()).expect("in the subset");
+        assert!(matches!(op("object.spec.containers.all(c, has(c.name))"), Op::All(_)));
+        assert!(matches!(op("object.spec.containers.exists(c, has(c.name))"), Op::Exists(_)));
+        // Nested: the inner macro's accumulator is another slot; both are recognised.
+        let Op::All(outer) = op("object.spec.containers.all(c, c.ports.exists(p, p > 0))") else {
+            panic!("outer all")
+        };
+        assert!(matches!(outer.pred, Op::Exists(_)));
+        // Other macros keep the general loop.
+        assert!(matches!(op("object.spec.containers.exists_one(c, has(c.name))"), Op::Comprehension(_)));
+        assert!(matches!(op("object.spec.containers.map(c, c.name)"), Op::Comprehension(_)));
     }
 }

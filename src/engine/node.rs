@@ -159,12 +159,10 @@ pub fn map_get<'a>(entries: &'a [(Key, Node)], k: &str) -> Option<&'a Node> {
     entries.binary_search_by(|(e, _)| (**e).cmp(k)).ok().map(|i| &entries[i].1)
 }
 
-/// Like [`map_get`] with a shared key: maps built while the key was shared hold the same
-/// pointer, found by a scan without touching any string; otherwise the string search decides.
-pub fn map_get_key<'a>(entries: &'a [(Key, Node)], k: &Key) -> Option<&'a Node> {
-    if let Some((_, v)) = entries.iter().find(|(e, _)| Arc::ptr_eq(e, k)) {
-        return Some(v);
-    }
+/// [`map_get`] for a shared key that a scan by pointer (how maps built while the key was
+/// shared hold it) did not find: absent, unless keys stopped being shared, when the string
+/// search decides.
+pub fn map_get_unshared<'a>(entries: &'a [(Key, Node)], k: &Key) -> Option<&'a Node> {
     // Every map key and every compiled field name comes from `key()`: while all of them are
     // shared, a key not found by identity is absent.
     if !KEYS_FULL.load(Ordering::Relaxed) {
