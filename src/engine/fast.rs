@@ -48,6 +48,8 @@ pub enum Op {
     Cmp(CmpOp, Box<Op>, Box<Op>),
     Arith(ArithOp, Box<Op>, Box<Op>),
     In(Box<Op>, Box<Op>),
+    /// `'literal' in container`: on a map, the key is found by pointer like a field.
+    InLiteral(Field, Box<Op>),
     Size(Box<Op>),
     Str(StrFn, Box<Op>, Box<Op>),
     List(Vec<Op>),
@@ -193,7 +195,9 @@ pub fn reads_only_namespace(op: &Op) -> bool {
         | Op::Arith(_, a, b)
         | Op::In(a, b) => all(&[a, b]),
         Op::Str(_, a, b) => all(&[a, b]),
-        Op::Not(a) | Op::Neg(a) | Op::Size(a) | Op::NotStrictlyFalse(a) => reads_only_namespace(a),
+        Op::Not(a) | Op::Neg(a) | Op::Size(a) | Op::NotStrictlyFalse(a) | Op::InLiteral(_, a) => {
+            reads_only_namespace(a)
+        }
         Op::Cond(parts) => parts.iter().all(reads_only_namespace),
         Op::List(items) => items.iter().all(reads_only_namespace),
         Op::Comprehension(c) => all(&[&c.range, &c.init, &c.cond, &c.step, &c.result]),
@@ -226,7 +230,9 @@ impl Compiler {
                 LiteralValue::Int(v) => Op::Const(Node::Int(*v.inner())),
                 LiteralValue::UInt(v) => Op::Const(Node::UInt(*v.inner())),
                 LiteralValue::Double(v) => Op::Const(Node::Double(*v.inner())),
-                LiteralValue::String(v) => Op::Const(Node::string(v.inner())),
+                // Not inline like object strings: a literal is read on every evaluation, and
+                // the boxed form needs no UTF-8 check to be read.
+                LiteralValue::String(v) => Op::Const(Node::Str(Box::from(v.inner()))),
                 LiteralValue::Bytes(_) => Op::Unsupported,
             },
             Expr::Ident(name) => {
@@ -313,7 +319,10 @@ impl Compiler {
             }
             (operators::IN, None, 2) => {
                 let (l, r) = two(&mut a);
-                Op::In(l, r)
+                match *l {
+                    Op::Const(Node::Str(k)) => Op::InLiteral(Field::new(&k), r),
+                    l => Op::In(Box::new(l), r),
+                }
             }
             (f, None, 2) if cmp_op(f).is_some() => {
                 let (l, r) = two(&mut a);
@@ -522,34 +531,12 @@ impl<'a> Eval<'_, 'a> {
             }
             Op::In(item, container) => {
                 let item = self.op(item)?;
-                match self.op(container)? {
-                    V::List(l) => {
-                        let mut found = false;
-                        for el in l.iter() {
-                            if equal(&item, &V::from(el))? {
-                                found = true;
-                                break;
-                            }
-                        }
-                        V::Bool(found)
-                    }
-                    V::Values(l) => {
-                        let mut found = false;
-                        for el in l.iter() {
-                            if equal(&item, el)? {
-                                found = true;
-                                break;
-                            }
-                        }
-                        V::Bool(found)
-                    }
-                    V::Map(m) => match item {
-                        V::Str(k) => V::Bool(map_get(m, k).is_some()),
-                        _ => return Err(Bail),
-                    },
-                    _ => return Err(Bail),
-                }
+                V::Bool(contains(&item, self.op(container)?)?)
             }
+            Op::InLiteral(key, container) => V::Bool(match self.op(container)? {
+                V::Map(m) => key.find(m).is_some(),
+                other => contains(&V::Str(&key.key), other)?,
+            }),
             Op::Size(x) => match self.op(x)? {
                 V::Str(s) => V::Int(s.chars().count() as i64),
                 V::List(l) => V::Int(l.len() as i64),
@@ -666,6 +653,33 @@ impl<'a> Eval<'_, 'a> {
         self.locals[c.accu_slot] = self.op(&c.step)?;
         Ok(true)
     }
+}
+
+/// CEL `in`: list membership by equality, map membership by key.
+fn contains(item: &V<'_>, container: V<'_>) -> Result<bool, Bail> {
+    Ok(match container {
+        V::List(l) => {
+            for el in l.iter() {
+                if equal(item, &V::from(el))? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
+        V::Values(l) => {
+            for el in l.iter() {
+                if equal(item, el)? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
+        V::Map(m) => match item {
+            V::Str(k) => map_get(m, k).is_some(),
+            _ => return Err(Bail),
+        },
+        _ => return Err(Bail),
+    })
 }
 
 /// CEL equality for the combinations handled exactly like the interpreter.
@@ -805,6 +819,10 @@ mod tests {
         "object.spec['replicas'] == 3",
         "object.spec.tags[2] == 'ü'",
         "'ü' in object.spec.tags",
+        "'app' in object.metadata.labels && !('zz' in object.metadata.labels)",
+        "'c1' in object.spec.containers",
+        "'memory' in object.spec.containers[0].resources.limits",
+        "'x' in object.metadata.labels.app",
         "3 in [1, 2, 3]",
         "object.spec.replicas in [1, 2, 3]",
         "object.spec.replicas in [1.0, 3.0]",
