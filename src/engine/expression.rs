@@ -181,7 +181,7 @@ impl Expression {
     /// answers when it can; otherwise (errors included) the interpreter does.
     pub fn eval_bool(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<bool, String> {
         if let Some(op) = &self.fast
-            && let Ok(fast::V::Bool(b)) = fast::eval(op, &inputs.env)
+            && let Ok(b) = fast::eval_bool(op, &inputs.env)
         {
             return Ok(b);
         }

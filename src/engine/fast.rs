@@ -437,16 +437,49 @@ pub fn eval<'a>(op: &'a Op, env: &Env<'a>) -> Result<V<'a>, Bail> {
     Eval { env, locals: &mut locals }.op(op)
 }
 
+/// [`eval`] for a predicate: Ok only for a boolean answer.
+pub fn eval_bool<'a>(op: &'a Op, env: &Env<'a>) -> Result<bool, Bail> {
+    let mut locals: [V<'a>; SLOTS] = Default::default();
+    Eval { env, locals: &mut locals }.bool(op)
+}
+
 struct Eval<'e, 'a> {
     env: &'e Env<'a>,
     locals: &'e mut [V<'a>; SLOTS],
 }
 
 impl<'a> Eval<'_, 'a> {
+    /// Predicates answer here without a value in between (metrics are mostly predicates);
+    /// `op` forwards them here.
     fn bool(&mut self, op: &'a Op) -> Result<bool, Bail> {
-        match self.op(op)? {
-            V::Bool(b) => Ok(b),
-            _ => Err(Bail),
+        match op {
+            // Left to right with short circuit; an error on either side goes to the
+            // interpreter, which implements CEL's commutative error absorption.
+            Op::And(l, r) => Ok(self.bool(l)? && self.bool(r)?),
+            Op::Or(l, r) => Ok(self.bool(l)? || self.bool(r)?),
+            Op::Not(x) => Ok(!self.bool(x)?),
+            Op::Has(operand, field) => match self.op(operand)? {
+                V::Map(m) => Ok(field.find(m).is_some()),
+                _ => Err(Bail),
+            },
+            Op::Cmp(cmp, l, r) => {
+                let l = self.op(l)?;
+                let r = self.op(r)?;
+                Ok(match cmp {
+                    CmpOp::Eq => equal(&l, &r)?,
+                    CmpOp::Ne => !equal(&l, &r)?,
+                    CmpOp::Lt => order(&l, &r)? == Ordering::Less,
+                    CmpOp::Le => order(&l, &r)? != Ordering::Greater,
+                    CmpOp::Gt => order(&l, &r)? == Ordering::Greater,
+                    CmpOp::Ge => order(&l, &r)? != Ordering::Less,
+                })
+            }
+            Op::All(q) => self.quantify(q, false),
+            Op::Exists(q) => Ok(!self.quantify(q, true)?),
+            _ => match self.op(op)? {
+                V::Bool(b) => Ok(b),
+                _ => Err(Bail),
+            },
         }
     }
 
@@ -479,10 +512,9 @@ impl<'a> Eval<'_, 'a> {
                 }
                 V::from(last.find(entries).ok_or(Bail)?)
             }
-            Op::Has(operand, field) => match self.op(operand)? {
-                V::Map(m) => V::Bool(field.find(m).is_some()),
-                _ => return Err(Bail),
-            },
+            Op::Has(..) | Op::Not(_) | Op::And(..) | Op::Or(..) | Op::Cmp(..) | Op::All(_) | Op::Exists(_) => {
+                V::Bool(self.bool(op)?)
+            }
             Op::Index(container, index) => {
                 let c = self.op(container)?;
                 let i = self.op(index)?;
@@ -497,33 +529,16 @@ impl<'a> Eval<'_, 'a> {
                     _ => return Err(Bail),
                 }
             }
-            Op::Not(x) => V::Bool(!self.bool(x)?),
             Op::Neg(x) => match self.op(x)? {
                 V::Int(i) => V::Int(i.checked_neg().ok_or(Bail)?),
                 V::Double(d) => V::Double(-d),
                 _ => return Err(Bail),
             },
-            // Left to right with short circuit; an error on either side goes to the
-            // interpreter, which implements CEL's commutative error absorption.
-            Op::And(l, r) => V::Bool(self.bool(l)? && self.bool(r)?),
-            Op::Or(l, r) => V::Bool(self.bool(l)? || self.bool(r)?),
             Op::Cond(parts) => {
                 let [c, t, f] = &**parts;
                 if self.bool(c)? { self.op(t)? } else { self.op(f)? }
             }
             Op::NotStrictlyFalse(x) => V::Bool(!matches!(self.op(x)?, V::Bool(false))),
-            Op::Cmp(cmp, l, r) => {
-                let l = self.op(l)?;
-                let r = self.op(r)?;
-                V::Bool(match cmp {
-                    CmpOp::Eq => equal(&l, &r)?,
-                    CmpOp::Ne => !equal(&l, &r)?,
-                    CmpOp::Lt => order(&l, &r)? == Ordering::Less,
-                    CmpOp::Le => order(&l, &r)? != Ordering::Greater,
-                    CmpOp::Gt => order(&l, &r)? == Ordering::Greater,
-                    CmpOp::Ge => order(&l, &r)? != Ordering::Less,
-                })
-            }
             Op::Arith(a, l, r) => {
                 let l = self.op(l)?;
                 let r = self.op(r)?;
@@ -566,8 +581,6 @@ impl<'a> Eval<'_, 'a> {
                 self.env.lookup.lookup(api, kind, ns, name).map(V::from).unwrap_or(V::Null)
             }
             Op::Comprehension(c) => self.comprehension(c)?,
-            Op::All(q) => V::Bool(self.quantify(q, false)?),
-            Op::Exists(q) => V::Bool(!self.quantify(q, true)?),
             Op::Unsupported => return Err(Bail),
         })
     }
@@ -903,6 +916,12 @@ mod tests {
                     answered += 1;
                     let fast = to_cel(&v).expect("comparable");
                     assert_eq!(Ok(fast), reference, "{src} on {obj}");
+                }
+                // The predicate entry answers exactly when the value is a boolean, the same one.
+                match (eval_bool(op, &inputs.env), eval(op, &inputs.env)) {
+                    (Ok(b), v) => assert_eq!(Ok(Value::Bool(b)), reference, "{src} on {obj}: {v:?}"),
+                    (Err(Bail), Ok(V::Bool(_))) => panic!("{src} on {obj}: eval_bool bailed, eval did not"),
+                    (Err(Bail), _) => {}
                 }
             }
         }
