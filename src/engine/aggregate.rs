@@ -196,21 +196,22 @@ impl TallyBuilder {
         }
     }
 
-    /// Adds the result of the object `keys[key]`; keys must come in increasing order.
-    pub fn push(&mut self, key: u32, r: ObjectResult) {
+    /// Adds the result of the object `keys[key]` in `tenant` (`r.tenant` is not read); keys
+    /// must come in increasing order.
+    pub fn push(&mut self, key: u32, tenant: Option<&Arc<str>>, r: ObjectResult) {
         let t = &mut self.tally;
         let namespace = &t.keys[key as usize].namespace;
-        let same_run = self.run.as_ref().is_some_and(|(ns, tenant, _, _)| {
+        let same_run = self.run.as_ref().is_some_and(|(ns, run_tenant, _, _)| {
             (Arc::ptr_eq(ns, namespace) || ns == namespace)
-                && match &r.tenant {
-                    None => *tenant == NO_TENANT,
+                && match tenant {
+                    None => *run_tenant == NO_TENANT,
                     Some(rt) => {
-                        t.tenant_names.get(*tenant as usize).is_some_and(|n| Arc::ptr_eq(n, rt) || n == rt)
+                        t.tenant_names.get(*run_tenant as usize).is_some_and(|n| Arc::ptr_eq(n, rt) || n == rt)
                     }
                 }
         });
         if !same_run {
-            let tenant = match &r.tenant {
+            let tenant = match tenant {
                 None => NO_TENANT,
                 Some(rt) => *self.tenant_index.entry(rt.clone()).or_insert_with(|| {
                     t.tenant_names.push(rt.clone());
@@ -571,7 +572,8 @@ mod tests {
         let (keys, results): (Vec<_>, Vec<_>) = results.unzip();
         let mut builder = TallyBuilder::new(keys.into(), false);
         for (i, r) in results.into_iter().enumerate() {
-            builder.push(i as u32, r);
+            let tenant = r.tenant.clone();
+            builder.push(i as u32, tenant.as_ref(), r);
         }
         builder.finish()
     }

@@ -246,7 +246,9 @@ impl CompiledKubernetes {
             },
             now: pass.now.as_ref(),
         };
-        let tenant = ns.tenant.clone();
+        // The tenant is the scope's: callers that keep the result fill it in, a full pass
+        // hands the scope's to the tally (no reference count per object and metric).
+        let tenant = None;
         let mut error = None;
         let in_population = match &self.where_ {
             None => true,
@@ -315,7 +317,7 @@ impl CompiledKubernetes {
                 }
                 let scope = self.scope_for(&mut ns, index, &k.namespace, visibility);
                 if let Some(r) = self.evaluate_object(pass, o, scope, &lookup, None) {
-                    tally.push(i as u32, r);
+                    tally.push(i as u32, scope.tenant.as_ref(), r);
                 }
             }
             Ok(self.finish(index, visibility, tally))
@@ -382,7 +384,7 @@ impl CompiledKubernetes {
                     let scope = m.scope_for(ns, index, &k.namespace, visibility);
                     let shared = slot.map(|s| &mut memo[s]);
                     if let Some(r) = m.evaluate_object(pass, o, scope, &lookup, shared) {
-                        tally.push(i as u32, r);
+                        tally.push(i as u32, scope.tenant.as_ref(), r);
                     }
                 }
             }
@@ -422,7 +424,8 @@ impl CompiledKubernetes {
             for key in keys {
                 let result = index.get(&self.kind, key).and_then(|o| {
                     let ns = self.namespace_scope(index, &key.namespace, visibility);
-                    self.evaluate_object(pass, o, &ns, &lookup, None)
+                    let r = self.evaluate_object(pass, o, &ns, &lookup, None)?;
+                    Some(ObjectResult { tenant: ns.tenant.clone(), ..r })
                 });
                 tally.set(key.clone(), result);
             }
