@@ -20,7 +20,7 @@ const MAX_NODES: usize = 1000;
 /// Deepest nesting of comprehensions (`all`, `exists`, `map`, `filter`, ...). Each level
 /// multiplies evaluation cost by the size of a list in an object, so two levels is the most
 /// that stays bounded by object size.
-const MAX_COMPREHENSION_DEPTH: usize = 2;
+pub(super) const MAX_COMPREHENSION_DEPTH: usize = 2;
 
 /// A CEL expression that compiled and passed the static checks.
 pub struct Expression {

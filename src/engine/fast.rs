@@ -205,8 +205,9 @@ pub fn reads_only_namespace(op: &Op) -> bool {
     }
 }
 
-/// Comprehension variables live in fixed slots: two per nesting level.
-const SLOTS: usize = 8;
+/// Comprehension variables live in fixed slots: two per nesting level, as deep as an
+/// expression may nest (every evaluation initialises and drops all of them).
+const SLOTS: usize = 2 * super::expression::MAX_COMPREHENSION_DEPTH;
 
 /// Compiles a checked AST. Returns None when the root itself is outside the subset, so the
 /// caller does not even try.
