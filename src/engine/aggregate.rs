@@ -205,14 +205,19 @@ impl TallyBuilder {
             (Arc::ptr_eq(ns, namespace) || ns == namespace)
                 && match tenant {
                     None => *run_tenant == NO_TENANT,
-                    Some(rt) => {
-                        t.tenant_names.get(*run_tenant as usize).is_some_and(|n| Arc::ptr_eq(n, rt) || n == rt)
-                    }
+                    Some(rt) => t
+                        .tenant_names
+                        .get(*run_tenant as usize)
+                        .is_some_and(|n| Arc::ptr_eq(n, rt) || n == rt),
                 }
         });
         if !same_run {
             let tenant = match tenant {
                 None => NO_TENANT,
+                // Tenants are few and their names shared: found by pointer without hashing.
+                Some(rt) if let Some(i) = t.tenant_names.iter().take(64).position(|n| Arc::ptr_eq(n, rt)) => {
+                    i as u32
+                }
                 Some(rt) => *self.tenant_index.entry(rt.clone()).or_insert_with(|| {
                     t.tenant_names.push(rt.clone());
                     self.tenant_accs.push(Acc::default());

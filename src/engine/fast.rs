@@ -503,7 +503,11 @@ impl<'a> Eval<'_, 'a> {
                 _ => return Err(Bail),
             },
             Op::Path(root, fields) => {
-                let V::Map(mut entries) = self.op(root)? else { return Err(Bail) };
+                let root = match &**root {
+                    Op::Object => V::from(self.env.object),
+                    other => self.op(other)?,
+                };
+                let V::Map(mut entries) = root else { return Err(Bail) };
                 let (last, init) = fields.split_last().ok_or(Bail)?;
                 for f in init {
                     match f.find(entries).ok_or(Bail)? {
@@ -513,9 +517,13 @@ impl<'a> Eval<'_, 'a> {
                 }
                 V::from(last.find(entries).ok_or(Bail)?)
             }
-            Op::Has(..) | Op::Not(_) | Op::And(..) | Op::Or(..) | Op::Cmp(..) | Op::All(_) | Op::Exists(_) => {
-                V::Bool(self.bool(op)?)
-            }
+            Op::Has(..)
+            | Op::Not(_)
+            | Op::And(..)
+            | Op::Or(..)
+            | Op::Cmp(..)
+            | Op::All(_)
+            | Op::Exists(_) => V::Bool(self.bool(op)?),
             Op::Index(container, index) => {
                 let c = self.op(container)?;
                 let i = self.op(index)?;
