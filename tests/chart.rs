@@ -206,17 +206,8 @@ fn catalog_renders_every_metric_and_the_policy_only_when_enabled() {
     assert_eq!(in_platform, sources_of("SecurityMetric"));
 }
 
-/// Every toggle of the chart on, as production would set it.
-const EVERYTHING: &[&str] = &[
-    "--set",
-    "catalog.enabled=true,remediation.enforce=true,remediation.webhookSecrets={hook-key}",
-    "--set",
-    "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true",
-    "--set",
-    "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.10/32}",
-    "--set",
-    "prometheus.endpoints.main=http://prometheus.monitoring:9090,prometheus.authSecrets={prom-auth}",
-];
+/// Every toggle of the chart on, as production would set it (shared with the e2e dry run).
+const EVERYTHING: &[&str] = &["--values", "tests/fixtures/chart/everything.yaml"];
 
 #[test]
 fn helm_lint_is_clean() {

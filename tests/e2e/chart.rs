@@ -69,24 +69,9 @@ async fn rendered_chart_passes_server_side_dry_run() {
     env.install_crds().await;
     let ns = env.namespace.clone();
     let platform = format!("platformNamespaces={{{ns}}}");
-    let docs = render(
-        &ns,
-        &[
-            "--include-crds",
-            "--set",
-            &platform,
-            "--set",
-            "catalog.enabled=true,remediation.enforce=true,remediation.webhookSecrets={hook-key}",
-            "--set",
-            "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true",
-            "--set",
-            "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.10/32}",
-            "--set",
-            "prometheus.endpoints.main=http://prometheus.monitoring:9090,prometheus.authSecrets={prom-auth}",
-            "--set-json",
-            r#"networkPolicy.extraEgress=[{"to":[{"ipBlock":{"cidr":"203.0.113.0/24"}}],"ports":[{"port":443}]}]"#,
-        ],
-    );
+    // Every toggle on: the same values tests/chart.rs lints and renders.
+    let everything = root().join("tests/fixtures/chart/everything.yaml");
+    let docs = render(&ns, &["--include-crds", "--set", &platform, "--values", everything.to_str().unwrap()]);
     // ServiceMonitor and PrometheusRule need prometheus-operator's CRDs, which this cluster
     // does not have (tests/chart.rs checks them, and promtool parses the rules).
     let (monitoring, docs): (Vec<Value>, Vec<Value>) =
