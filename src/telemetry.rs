@@ -1,4 +1,4 @@
-//! Structured logging.
+//! Structured logging, and how errors are written out.
 
 use tracing_subscriber::EnvFilter;
 
@@ -17,4 +17,39 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// An error followed by its sources (`connect failed: tls: unknown issuer`): what a condition
+/// message, an action record or a log line needs to be actionable, since HTTP client errors
+/// put the cause in the sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("unknown issuer")]
+    struct Cause;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("tls handshake")]
+    struct Tls(#[source] Cause);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connect failed")]
+    struct Connect(#[source] Tls);
+
+    #[test]
+    fn error_chain_names_every_source() {
+        assert_eq!(super::error_chain(&Connect(Tls(Cause))), "connect failed: tls handshake: unknown issuer");
+        assert_eq!(super::error_chain(&Cause), "unknown issuer");
+    }
 }

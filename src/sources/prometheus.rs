@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::api::security_metric::PrometheusAuthType;
 use crate::engine::{Measurement, Outcome};
+use crate::telemetry::error_chain;
 
 /// Default query timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,17 +245,6 @@ pub async fn query(
         Ok(Err(e)) => unavailable("PrometheusUnreachable", format!("{address}: {e}")),
         Err(_) => unavailable("PrometheusUnreachable", format!("{address}: no answer within {timeout:?}")),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Percent-encodes a query parameter (RFC 3986 unreserved characters stay).

@@ -11,9 +11,10 @@ use secmetrics::api::SecurityMetric;
 use secmetrics::api::security_metric::SecurityMetricStatus;
 use serde_json::{Value, json};
 
-use crate::harness::{NamespaceGuard, TestEnv, eventually};
+use crate::harness::{NamespaceGuard, eventually};
 use crate::metric_policy::create;
 use crate::operator;
+use crate::security_metric::status_where;
 
 /// The exporter's series: requests by tenant and code.
 const SERIES: &str = "# TYPE e2e_requests counter\n\
@@ -148,17 +149,6 @@ fn prometheus_metric(ns: &str, test_ns: &str, name: &str, source: Value) -> Valu
             "interval": "10s"
         }
     })
-}
-
-async fn status_where(
-    env: &TestEnv,
-    ns: &str,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&SecurityMetricStatus) -> bool,
-) -> SecurityMetricStatus {
-    let api: Api<SecurityMetric> = Api::namespaced(env.admin.clone(), ns);
-    eventually(what, || async { api.get(name).await.ok()?.status.filter(|s| pred(s)) }).await
 }
 
 fn condition<'a>(s: &'a SecurityMetricStatus, t: &str) -> (&'a str, &'a str, &'a str) {

@@ -33,7 +33,7 @@ async fn create_pod(env: &TestEnv, ns: &str, v: Value) {
 }
 
 /// Waits until the metric's status satisfies `pred`; returns it.
-async fn status_where(
+pub(crate) async fn status_where(
     env: &TestEnv,
     ns: &str,
     name: &str,
