@@ -58,7 +58,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                // CEL's bounded recursion is measured against this stack (engine::expression).
+                .thread_stack_size(secmetrics::engine::expression::EVALUATION_STACK)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting the runtime: {e}");

@@ -255,27 +255,33 @@ fn evaluate_parallel(
     let done: Vec<Vec<(usize, SecurityMetricStatus)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(members) = groups.get(g) else { break };
-                        for (i, outcome) in evaluate_members(members, &compiled, &visibility, index, &pass) {
-                            let m = &metrics[i];
-                            mine.push((
-                                i,
-                                engine::build_status(
-                                    &m.spec,
-                                    m.metadata.generation,
-                                    None,
-                                    &outcome,
-                                    now_time,
-                                ),
-                            ));
+                // An explicit stack: CEL's bounded recursion is measured against it.
+                let worker = std::thread::Builder::new().stack_size(engine::expression::EVALUATION_STACK);
+                worker
+                    .spawn_scoped(s, || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(members) = groups.get(g) else { break };
+                            for (i, outcome) in
+                                evaluate_members(members, &compiled, &visibility, index, &pass)
+                            {
+                                let m = &metrics[i];
+                                mine.push((
+                                    i,
+                                    engine::build_status(
+                                        &m.spec,
+                                        m.metadata.generation,
+                                        None,
+                                        &outcome,
+                                        now_time,
+                                    ),
+                                ));
+                            }
                         }
-                    }
-                    mine
-                })
+                        mine
+                    })
+                    .expect("spawning an evaluation thread")
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("evaluation worker panicked")).collect()

@@ -498,7 +498,10 @@ async fn evaluate(
                     match (&mut e.results, full) {
                         (Some(results), false) => {
                             let keys: Vec<_> = std::mem::take(&mut e.changed).into_iter().collect();
-                            k.evaluate_changed(&pass, &index, &e.visibility, &keys, results);
+                            if let Err(err) = k.evaluate_changed(&pass, &index, &e.visibility, &keys, results)
+                            {
+                                failed = Some(err);
+                            }
                         }
                         _ => {
                             e.changed.clear();
@@ -510,11 +513,15 @@ async fn evaluate(
                         }
                     }
                     e.full = false;
-                    match (&e.results, failed) {
-                        (Some(results), _) => {
+                    match (failed, &e.results) {
+                        (Some(err), _) => {
+                            // The next evaluation starts over with a full one.
+                            e.results = None;
+                            err.into()
+                        }
+                        (None, Some(results)) => {
                             Outcome::Measured(aggregate::measure(k, results, engine::MAX_OFFENDERS))
                         }
-                        (None, Some(err)) => err.into(),
                         (None, None) => unreachable!("a tally or an error"),
                     }
                 })

@@ -534,7 +534,7 @@ fn offender(kind: &str, key: &ObjectKey, tenant: Option<String>) -> Offender {
     }
 }
 
-fn display_key(key: &ObjectKey) -> String {
+pub(crate) fn display_key(key: &ObjectKey) -> String {
     if key.namespace.is_empty() { key.name.to_string() } else { format!("{}/{}", key.namespace, key.name) }
 }
 

@@ -7,8 +7,9 @@ use cel::common::ast::{Expr, IdedExpr};
 use cel::common::types::{CelNull, CelString};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
-use cel::{Context, Env, ExecutionError, Program, Value};
+use cel::{Context, Env, ExecutionError, Value};
 
+use super::cost;
 use super::fast;
 use super::node::Node;
 
@@ -17,6 +18,17 @@ pub const VARIABLES: [&str; 4] = ["object", "namespaceObject", "tenant", "now"];
 
 /// Most AST nodes an expression may have (bounds evaluation cost).
 const MAX_NODES: usize = 1000;
+/// Deepest nesting of brackets and conditionals in an expression's source, checked before
+/// parsing: the parser recurses once per level, so this bounds its stack.
+pub const MAX_NESTING: usize = 32;
+/// Deepest AST an expression may have (long chains of `+` nest too): bounds the stack of
+/// every recursive walk over it, the evaluators' included.
+pub const MAX_DEPTH: usize = 64;
+/// Longest expression, in bytes (the CRD's limit).
+pub const MAX_LENGTH: usize = 4096;
+/// The stack of a thread that compiles or evaluates expressions (the operator's workers,
+/// `secmetrics evaluate`'s threads): the limits above keep every recursion far within it.
+pub const EVALUATION_STACK: usize = 16 << 20;
 /// Deepest nesting of comprehensions (`all`, `exists`, `map`, `filter`, ...). Each level
 /// multiplies evaluation cost by the size of a list in an object, so two levels is the most
 /// that stays bounded by object size.
@@ -26,7 +38,8 @@ pub(super) const MAX_COMPREHENSION_DEPTH: usize = 2;
 pub struct Expression {
     field: &'static str,
     source: String,
-    program: Program,
+    /// The parsed expression with the cost model's charges, for the interpreter.
+    instrumented: IdedExpr,
     /// The same expression for the fast evaluator, unless its root is outside its subset.
     fast: Option<fast::Op>,
     /// Depends on the object only through its namespace (see [`fast::reads_only_namespace`]).
@@ -37,6 +50,29 @@ pub struct Expression {
 impl std::fmt::Debug for Expression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Expression({}: {:?})", self.field, self.source)
+    }
+}
+
+/// Why an evaluation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// The expression failed on this object (a missing field, a wrong type, ...).
+    #[error("{0}")]
+    Failed(String),
+    /// The evaluation spent more than [`cost::COST_LIMIT`]: the metric is too expensive.
+    #[error("{field}: {}", cost::EXCEEDED)]
+    CostLimitExceeded { field: &'static str },
+}
+
+impl EvalError {
+    /// The message, for an object's result.
+    pub fn message(&self) -> String {
+        match self {
+            EvalError::Failed(m) => m.clone(),
+            EvalError::CostLimitExceeded { field } => {
+                format!("{field}: {} of {} on one object", cost::EXCEEDED, cost::COST_LIMIT)
+            }
+        }
     }
 }
 
@@ -59,6 +95,7 @@ pub struct CompileError {
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
     cel::extensions::strings(&mut env).expect("the strings extension is declared once");
+    cost::declare(&mut env).expect("the cost functions are declared once");
     env.add_member_overload("sum", "list_sum", cel::common::types::LIST_TYPE, vec![], list_sum)
         .expect("sum is declared once");
     Arc::new(env)
@@ -112,32 +149,67 @@ impl Expression {
     /// Compiles `source`, found in spec field `field`, and checks that it only refers to the
     /// declared variables and stays within the cost limits.
     pub fn compile(field: &'static str, source: &str) -> Result<Self, CompileError> {
-        let program = ENV.compile(source).map_err(|errs| {
-            let first = errs.errors.first();
-            let message = first.map(|e| e.msg.clone()).unwrap_or_else(|| "syntax error".into());
-            let message = if message.ends_with("reserved identifier: namespace") {
-                format!("{message} (`namespace` is a reserved word in CEL: the namespace variable is namespaceObject)")
-            } else {
-                message
-            };
-            CompileError {
-                field,
-                message,
-                position: first.map(|e| (e.pos.0.max(1) as usize, e.pos.1.max(0) as usize + 1)),
-            }
-        })?;
+        let fail = |message: String, position| CompileError { field, message, position };
+        if source.len() > MAX_LENGTH {
+            return Err(fail(
+                format!("expression is too long ({} bytes, at most {MAX_LENGTH})", source.len()),
+                None,
+            ));
+        }
+        if let Some(offset) = too_deep(source) {
+            return Err(fail(
+                format!("expression nests brackets or conditionals deeper than {MAX_NESTING} levels"),
+                Some(line_col(source, offset)),
+            ));
+        }
+        // The parser recurses deeply per nesting level (over 100 KiB a level in a debug
+        // build): it runs on a thread with a stack known to hold the deepest source the checks
+        // above let through, whatever thread compiles. Nothing in it should panic; if anything
+        // does, it is this expression's error and never the process's end.
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("cel-compile".into())
+                .stack_size(EVALUATION_STACK)
+                .spawn_scoped(s, || Self::compile_checked(field, source))
+                .map_err(|e| fail(format!("cannot start the compiler thread: {e}"), None))?
+                .join()
+                .unwrap_or_else(|panic| {
+                    Err(fail(format!("internal error while compiling: {}", panic_message(&*panic)), None))
+                })
+        })
+    }
+
+    fn compile_checked(field: &'static str, source: &str) -> Result<Self, CompileError> {
+        let (expression, info) = ENV
+            .parser()
+            .max_recursion_depth(PARSER_RECURSION)
+            .parse_with_source_info(source)
+            .map_err(|errs| {
+                let first = errs.errors.first();
+                let message = first.map(|e| e.msg.clone()).unwrap_or_else(|| "syntax error".into());
+                let message = if message.ends_with("reserved identifier: namespace") {
+                    format!("{message} (`namespace` is a reserved word in CEL: the namespace variable is namespaceObject)")
+                } else {
+                    message
+                };
+                CompileError {
+                    field,
+                    message,
+                    position: first.map(|e| (e.pos.0.max(1) as usize, e.pos.1.max(0) as usize + 1)),
+                }
+            })?;
         let mut check =
             Checker { field, source, scopes: Vec::new(), nodes: 0, lookups: Vec::new(), error: None };
-        check.walk(program.expression(), program.source_info(), 0);
+        check.walk(&expression, &info, 0, 0);
         if let Some(e) = check.error {
             return Err(e);
         }
-        let fast = fast::compile(program.expression());
+        let fast = fast::compile(&expression);
         let namespace_only = fast.as_ref().is_some_and(fast::reads_only_namespace);
         Ok(Expression {
             field,
             source: source.to_string(),
-            program,
+            instrumented: cost::instrument(&expression),
             fast,
             namespace_only,
             lookups: check.lookups,
@@ -149,21 +221,28 @@ impl Expression {
         &self.lookups
     }
 
-    /// Evaluates with `cel`'s interpreter (the reference semantics).
-    pub fn interpret(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<Value, ExecutionError> {
+    /// Evaluates with `cel`'s interpreter (the reference semantics), within the cost limit.
+    pub fn interpret(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<Value, EvalError> {
         let env = &inputs.env;
-        let object = env.object.to_val();
-        let namespace = env.namespace.map(Node::to_val).unwrap_or_else(null_val);
-        let tenant = env.tenant.map(string_val).unwrap_or_else(null_val);
-        let vars = Variables {
-            object: object.as_ref(),
-            namespace: namespace.as_ref(),
-            tenant: tenant.as_ref(),
-            now: inputs.now,
-        };
-        let mut ctx = root.new_inner_scope();
-        ctx.set_variable_resolver(&vars);
-        self.program.execute(&ctx)
+        let (result, spent) = cost::metered(|| {
+            let object = env.object.to_val();
+            let namespace = env.namespace.map(Node::to_val).unwrap_or_else(null_val);
+            let tenant = env.tenant.map(string_val).unwrap_or_else(null_val);
+            let vars = Variables {
+                object: object.as_ref(),
+                namespace: namespace.as_ref(),
+                tenant: tenant.as_ref(),
+                now: inputs.now,
+            };
+            let mut ctx = root.new_inner_scope();
+            ctx.set_variable_resolver(&vars);
+            Value::resolve(&self.instrumented, &ctx)
+        });
+        // Over the limit is over the limit, even where `||` or `&&` absorbed the error.
+        if spent > cost::COST_LIMIT {
+            return Err(EvalError::CostLimitExceeded { field: self.field });
+        }
+        result.map_err(|e: ExecutionError| EvalError::Failed(format!("{}: {e}", self.field)))
     }
 
     /// Whether the expression has one value per namespace (it reads the object only through
@@ -179,21 +258,22 @@ impl Expression {
 
     /// Evaluates to a bool; any other type is an error naming the type. The fast evaluator
     /// answers when it can; otherwise (errors included) the interpreter does.
-    pub fn eval_bool(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<bool, String> {
+    pub fn eval_bool(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<bool, EvalError> {
         if let Some(op) = &self.fast
             && let Ok(b) = fast::eval_bool(op, &inputs.env)
         {
             return Ok(b);
         }
-        match self.interpret(root, inputs) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("{} must be a bool, got {}", self.field, type_name(&other))),
-            Err(e) => Err(format!("{}: {e}", self.field)),
+        match self.interpret(root, inputs)? {
+            Value::Bool(b) => Ok(b),
+            other => {
+                Err(EvalError::Failed(format!("{} must be a bool, got {}", self.field, type_name(&other))))
+            }
         }
     }
 
     /// Evaluates to a number (int, uint or double).
-    pub fn eval_number(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<f64, String> {
+    pub fn eval_number(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<f64, EvalError> {
         if let Some(op) = &self.fast {
             match fast::eval(op, &inputs.env) {
                 Ok(fast::V::Int(i)) => return Ok(i as f64),
@@ -202,15 +282,86 @@ impl Expression {
                 _ => {}
             }
         }
-        match self.interpret(root, inputs) {
-            Ok(Value::Int(i)) => Ok(i as f64),
-            Ok(Value::UInt(u)) => Ok(u as f64),
-            Ok(Value::Float(f)) if f.is_finite() => Ok(f),
-            Ok(Value::Float(f)) => Err(format!("{} is not a finite number: {f}", self.field)),
-            Ok(other) => Err(format!("{} must be a number, got {}", self.field, type_name(&other))),
-            Err(e) => Err(format!("{}: {e}", self.field)),
+        match self.interpret(root, inputs)? {
+            Value::Int(i) => Ok(i as f64),
+            Value::UInt(u) => Ok(u as f64),
+            Value::Float(f) if f.is_finite() => Ok(f),
+            Value::Float(f) => Err(EvalError::Failed(format!("{} is not a finite number: {f}", self.field))),
+            other => {
+                Err(EvalError::Failed(format!("{} must be a number, got {}", self.field, type_name(&other))))
+            }
         }
     }
+}
+
+/// The parser's own recursion limit (it counts grammar rules, several per nesting level);
+/// [`MAX_NESTING`] is the limit a user meets first.
+const PARSER_RECURSION: u16 = 1000;
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The character offset where `source` first nests brackets and conditionals deeper than
+/// [`MAX_NESTING`], skipping string literals.
+fn too_deep(source: &str) -> Option<usize> {
+    let chars: Vec<char> = source.chars().collect();
+    // Per open bracket, the conditionals opened inside it (they close with the bracket).
+    let mut open: Vec<usize> = vec![0];
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\'' | '"' => {
+                let prefix: String = chars[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.is_alphanumeric() || **c == '_')
+                    .collect::<String>()
+                    .to_lowercase();
+                let raw = matches!(prefix.as_str(), "r" | "rb" | "br");
+                let triple = chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c);
+                i += if triple { 3 } else { 1 };
+                while i < chars.len() {
+                    if !raw && chars[i] == '\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if chars[i] == c
+                        && (!triple || (chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c)))
+                    {
+                        i += if triple { 3 } else { 1 };
+                        break;
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+            '(' | '[' | '{' => {
+                open.push(0);
+                depth += 1;
+            }
+            ')' | ']' | '}' if open.len() > 1 => depth -= 1 + open.pop().unwrap_or(0),
+            '?' => {
+                if let Some(top) = open.last_mut() {
+                    *top += 1;
+                }
+                depth += 1;
+            }
+            _ => {}
+        }
+        if depth > MAX_NESTING {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Everything an expression may read in one evaluation.
@@ -261,7 +412,8 @@ impl Checker<'_> {
         }
     }
 
-    fn walk(&mut self, e: &IdedExpr, info: &cel::common::ast::SourceInfo, depth: usize) {
+    /// `depth` counts comprehensions, `level` AST levels.
+    fn walk(&mut self, e: &IdedExpr, info: &cel::common::ast::SourceInfo, depth: usize, level: usize) {
         if self.error.is_some() {
             return;
         }
@@ -270,6 +422,11 @@ impl Checker<'_> {
             self.fail(info, e.id, format!("expression is too large (more than {MAX_NODES} nodes)"));
             return;
         }
+        if level > MAX_DEPTH {
+            self.fail(info, e.id, format!("expression nests deeper than {MAX_DEPTH} levels"));
+            return;
+        }
+        let level = level + 1;
         match &e.expr {
             Expr::Ident(name) => {
                 let bound = self.scopes.iter().any(|s| s.iter().any(|v| v == name));
@@ -281,7 +438,7 @@ impl Checker<'_> {
                     );
                 }
             }
-            Expr::Select(s) => self.walk(&s.operand, info, depth),
+            Expr::Select(s) => self.walk(&s.operand, info, depth, level),
             Expr::Call(c) => {
                 if c.func_name == "lookup" && c.target.is_none() {
                     let literal = |i: usize| match c.args.get(i).map(|a| &a.expr) {
@@ -305,22 +462,22 @@ impl Checker<'_> {
                     }
                 }
                 if let Some(t) = &c.target {
-                    self.walk(t, info, depth);
+                    self.walk(t, info, depth, level);
                 }
                 for a in &c.args {
-                    self.walk(a, info, depth);
+                    self.walk(a, info, depth, level);
                 }
             }
             Expr::List(l) => {
                 for el in &l.elements {
-                    self.walk(el, info, depth);
+                    self.walk(el, info, depth, level);
                 }
             }
             Expr::Map(m) => {
                 for entry in &m.entries {
                     if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
-                        self.walk(&me.key, info, depth);
-                        self.walk(&me.value, info, depth);
+                        self.walk(&me.key, info, depth, level);
+                        self.walk(&me.value, info, depth, level);
                     }
                 }
             }
@@ -335,14 +492,14 @@ impl Checker<'_> {
                     );
                     return;
                 }
-                self.walk(&c.iter_range, info, depth);
+                self.walk(&c.iter_range, info, depth, level);
                 let mut vars = vec![c.iter_var.clone(), c.accu_var.clone()];
                 vars.extend(c.iter_var2.clone());
                 self.scopes.push(vars);
-                self.walk(&c.accu_init, info, depth + 1);
-                self.walk(&c.loop_cond, info, depth + 1);
-                self.walk(&c.loop_step, info, depth + 1);
-                self.walk(&c.result, info, depth + 1);
+                self.walk(&c.accu_init, info, depth + 1, level);
+                self.walk(&c.loop_cond, info, depth + 1, level);
+                self.walk(&c.loop_step, info, depth + 1, level);
+                self.walk(&c.result, info, depth + 1, level);
                 self.scopes.pop();
             }
             Expr::Literal(_) | Expr::Struct(_) | Expr::Unspecified => {}
@@ -411,14 +568,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn eval(src: &str, object: serde_json::Value) -> Result<Value, ExecutionError> {
-        let e = Expression::compile("passes", src).unwrap();
-        let (o, now) = (Node::from(&object), timestamp_val(chrono::Utc::now()));
-        let inputs = Inputs {
-            env: fast::Env { object: &o, namespace: None, tenant: Some("t1"), lookup: &fast::NoObjects },
-            now: now.as_ref(),
-        };
-        e.interpret(&root_context(), &inputs)
+    /// Compiles and interprets `src` on an evaluation thread (as the operator does).
+    fn eval(src: &str, object: serde_json::Value) -> Result<Value, EvalError> {
+        let src = src.to_string();
+        on_stack(EVALUATION_STACK, move || {
+            let e = Expression::compile("passes", &src).unwrap();
+            let (o, now) = (Node::from(&object), timestamp_val(chrono::Utc::now()));
+            let inputs = Inputs {
+                env: fast::Env { object: &o, namespace: None, tenant: Some("t1"), lookup: &fast::NoObjects },
+                now: now.as_ref(),
+            };
+            e.interpret(&root_context(), &inputs)
+        })
     }
 
     #[test]
@@ -503,5 +664,136 @@ mod tests {
         assert!(err.message.contains("nested deeper than 2"), "{err}");
         let huge = vec!["object.a == 1"; 600].join(" || ");
         assert!(Expression::compile("passes", &huge).is_err());
+    }
+
+    /// Evaluates on a thread with the given stack, as the operator's workers and the CLI do.
+    fn on_stack<T: Send + 'static>(stack: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(stack).spawn(f).unwrap().join().unwrap()
+    }
+
+    #[test]
+    fn nesting_is_refused_before_parsing_with_its_position() {
+        for (open, close) in [("[", "]"), ("(", ")"), ("{1:", "}")] {
+            let deep = format!("{}1{}", open.repeat(1000), close.repeat(1000));
+            // A small stack: the check runs before any recursion.
+            let err = on_stack(256 << 10, move || Expression::compile("passes", &deep).unwrap_err());
+            assert!(err.message.contains("deeper than 32"), "{err}");
+            assert_eq!(err.position.map(|p| p.0), Some(1));
+        }
+        let ternaries = "object.a ? 1 : ".repeat(40) + "2";
+        assert!(Expression::compile("value", &ternaries).unwrap_err().message.contains("deeper than 32"));
+        // Brackets inside string literals are text.
+        let quoted = format!(
+            r#"object.a == '{}' && object.b == "{}" && object.c == r'\(' && object.d == '''{}'''"#,
+            "[".repeat(100),
+            "(".repeat(100),
+            "{".repeat(100)
+        );
+        Expression::compile("passes", &quoted).unwrap();
+        // Up to the limits, the deepest shapes compile (on the compiler's own thread, from a
+        // small one) and evaluate on the evaluation threads' stack (measured: under 4 MiB in
+        // a debug build).
+        let deepest = [
+            format!("{}object.a{} == 1", "(".repeat(32), ")".repeat(32)),
+            format!("{}[object.a]{}.size() > 0", "[object.a, ".repeat(31), "]".repeat(31)),
+            format!("object.a{} > 0", " + object.a".repeat(62)),
+            format!("object{}.size() > 0", ".a".repeat(60)),
+        ];
+        for src in deepest {
+            let e = on_stack(256 << 10, move || Expression::compile("passes", &src));
+            let e = e.unwrap_or_else(|err| panic!("{err}"));
+            on_stack(EVALUATION_STACK, move || {
+                let (o, now) = (Node::from(&json!({"a": 1})), timestamp_val(chrono::Utc::now()));
+                let inputs = Inputs {
+                    env: fast::Env { object: &o, namespace: None, tenant: None, lookup: &fast::NoObjects },
+                    now: now.as_ref(),
+                };
+                let _ = e.interpret(&root_context(), &inputs);
+            });
+        }
+    }
+
+    #[test]
+    fn deep_asts_are_refused() {
+        let chain = vec!["object.a"; 200].join(" + ");
+        let err = Expression::compile("value", &chain).unwrap_err();
+        assert!(err.message.contains("deeper than 64"), "{err}");
+        let too_long = format!("object.a == '{}'", "x".repeat(5000));
+        assert!(Expression::compile("passes", &too_long).unwrap_err().message.contains("too long"));
+    }
+
+    #[test]
+    fn string_growth_is_refused_before_it_allocates() {
+        let started = std::time::Instant::now();
+        let bomb = format!("'aaaaaaaaaa'{}.size() > 0", ".replace('', 'aaaaaaaaaa')".repeat(9));
+        let err = eval(&bomb, json!({})).unwrap_err();
+        assert!(err.message().contains("more than 2097152") || err.message().contains("cost limit"), "{err}");
+        // Doubling by chained comprehensions, and by join, format and split.
+        // 10 levels of doubling (20 of nesting) from a 64 KiB string: 64 MiB, refused at 2 MiB.
+        let mut doubling = "object.s".to_string();
+        for _ in 0..10 {
+            doubling = format!("[{doubling}].map(s, s + s)[0]");
+        }
+        let err = eval(&format!("{doubling}.size() > 0"), json!({"s": "z".repeat(64 << 10)})).unwrap_err();
+        assert!(err.message().contains("more than 2097152") || err.message().contains("cost limit"), "{err}");
+        let big = "x".repeat(1 << 20);
+        let joined = "[object.s, object.s, object.s, object.s].join(object.s).size() > 0";
+        assert!(eval(joined, json!({"s": big.clone()})).is_err());
+        let formatted = "'%s%s%s%s'.format([object.s, object.s, object.s, object.s]).size() > 0";
+        assert!(eval(formatted, json!({"s": big})).is_err());
+        let split = "object.s.split('').size() > 0";
+        assert!(eval(split, json!({"s": "y".repeat(200_000)})).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        // Within the limits the functions answer as the strings extension does.
+        assert_eq!(eval("'a.b.c'.replace('.', '/') == 'a/b/c'", json!({})), Ok(Value::Bool(true)));
+        assert_eq!(eval("'a.b.c'.replace('.', '/', 1) == 'a/b.c'", json!({})), Ok(Value::Bool(true)));
+        assert_eq!(eval("'ab'.replace('', '-') == '-a-b-'", json!({})), Ok(Value::Bool(true)));
+        assert_eq!(
+            eval("['a', 'b'].join('-') == 'a-b' && ['a'].join() == 'a'", json!({})),
+            Ok(Value::Bool(true))
+        );
+        assert!(eval("['a', 1].join() == ''", json!({})).is_err());
+        assert_eq!(eval("'%s-%d'.format(['a', 1]) == 'a-1'", json!({})), Ok(Value::Bool(true)));
+        assert_eq!(eval("'a' + 'b' == 'ab' && [1] + [2] == [1, 2]", json!({})), Ok(Value::Bool(true)));
+    }
+
+    #[test]
+    fn iterations_are_charged_within_one_object() {
+        let items: Vec<i64> = (0..3000).collect();
+        let object = json!({"items": items});
+        let started = std::time::Instant::now();
+        let nested = "object.items.all(x, object.items.all(y, x != y || true))";
+        let (o, now) = (Node::from(&object), timestamp_val(chrono::Utc::now()));
+        let inputs = Inputs {
+            env: fast::Env { object: &o, namespace: None, tenant: None, lookup: &fast::NoObjects },
+            now: now.as_ref(),
+        };
+        let e = Expression::compile("passes", nested).unwrap();
+        assert_eq!(
+            e.eval_bool(&root_context(), &inputs),
+            Err(EvalError::CostLimitExceeded { field: "passes" })
+        );
+        // Errors absorbed by `||` do not hide the overrun.
+        let absorbed = Expression::compile("passes", &format!("{nested} || true")).unwrap();
+        assert_eq!(
+            absorbed.eval_bool(&root_context(), &inputs),
+            Err(EvalError::CostLimitExceeded { field: "passes" })
+        );
+        // One level over the same list is cheap, `map` included (appended in place).
+        let single = Expression::compile("passes", "object.items.map(x, x * 2).size() == 3000").unwrap();
+        assert_eq!(single.eval_bool(&root_context(), &inputs), Ok(true));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn regexes_compile_once_and_within_a_size_limit() {
+        assert_eq!(
+            eval("'abc'.matches('^a.c$') && matches('x1', '[0-9]')", json!({})),
+            Ok(Value::Bool(true))
+        );
+        let err = eval("'a'.matches('(')", json!({})).unwrap_err();
+        assert!(err.message().contains("not a valid regex"), "{err}");
+        let err = eval("'a'.matches('(a{1000}){1000}')", json!({})).unwrap_err();
+        assert!(err.message().contains("not a valid regex"), "{err}");
     }
 }

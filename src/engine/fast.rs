@@ -55,6 +55,9 @@ pub enum Op {
     List(Vec<Op>),
     NotStrictlyFalse(Box<Op>),
     Lookup(Box<[Op; 4]>),
+    /// A macro's `accumulator + [items]` (`map`, `filter`): appended in place, as the
+    /// interpreter does, instead of copying the accumulator on every step.
+    Append(usize, Vec<Op>),
     Comprehension(Box<Comprehension>),
     /// `range.all(x, pred)` and `range.exists(x, pred)`: the macros' comprehensions without
     /// their accumulator (the loop stops at the first answer that decides).
@@ -125,6 +128,8 @@ pub enum StrFn {
 #[derive(Debug)]
 pub struct Comprehension {
     range: Op,
+    /// The cost of one iteration (see [`super::cost`]).
+    body: u64,
     iter_slot: usize,
     accu_slot: usize,
     init: Op,
@@ -137,6 +142,7 @@ pub struct Comprehension {
 #[derive(Debug)]
 pub struct Quantifier {
     range: Op,
+    body: u64,
     iter_slot: usize,
     pred: Op,
 }
@@ -164,7 +170,12 @@ impl Comprehension {
         match (shape, is_accu(&self.result)) {
             (Some(all), true) => {
                 let (Op::And(_, pred) | Op::Or(_, pred)) = self.step else { unreachable!("matched above") };
-                let q = Box::new(Quantifier { range: self.range, iter_slot: self.iter_slot, pred: *pred });
+                let q = Box::new(Quantifier {
+                    range: self.range,
+                    body: self.body,
+                    iter_slot: self.iter_slot,
+                    pred: *pred,
+                });
                 if all { Op::All(q) } else { Op::Exists(q) }
             }
             _ => Op::Comprehension(Box::new(self)),
@@ -199,11 +210,14 @@ pub fn reads_only_namespace(op: &Op) -> bool {
             reads_only_namespace(a)
         }
         Op::Cond(parts) => parts.iter().all(reads_only_namespace),
-        Op::List(items) => items.iter().all(reads_only_namespace),
+        Op::List(items) | Op::Append(_, items) => items.iter().all(reads_only_namespace),
         Op::Comprehension(c) => all(&[&c.range, &c.init, &c.cond, &c.step, &c.result]),
         Op::All(q) | Op::Exists(q) => all(&[&q.range, &q.pred]),
     }
 }
+
+/// The accumulator of the parser's macro expansions.
+const ACCUMULATOR: &str = "@result";
 
 /// Comprehension variables live in fixed slots: two per nesting level, as deep as an
 /// expression may nest (every evaluation initialises and drops all of them).
@@ -282,7 +296,8 @@ impl Compiler {
                 self.scopes[iter_slot].0 = String::from("\0");
                 let result = self.op(&c.result);
                 self.scopes.truncate(iter_slot);
-                Comprehension { range, iter_slot, accu_slot, init, cond, step, result }.into_op()
+                let body = super::cost::body_nodes(c);
+                Comprehension { range, body, iter_slot, accu_slot, init, cond, step, result }.into_op()
             }
             Expr::Call(c) => self.call(&c.func_name, c.target.as_deref(), &c.args),
             Expr::Comprehension(_) | Expr::Map(_) | Expr::Struct(_) | Expr::Unspecified => Op::Unsupported,
@@ -290,6 +305,16 @@ impl Compiler {
     }
 
     fn call(&mut self, func: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Op {
+        // The macros' `@result + [items]` (no expression can name `@result`).
+        if let (operators::ADD, None, [accu, items]) = (func, target, args)
+            && let Expr::Ident(name) = &accu.expr
+            && name == ACCUMULATOR
+            && let Expr::List(items) = &items.expr
+            && let Some((_, slot)) = self.scopes.iter().rev().find(|(n, _)| n == name)
+        {
+            let slot = *slot;
+            return Op::Append(slot, items.elements.iter().map(|x| self.op(x)).collect());
+        }
         let mut a: Vec<Op> = args.iter().map(|x| self.op(x)).collect();
         let t = target.map(|t| self.op(t));
         let two = |a: &mut Vec<Op>| {
@@ -435,21 +460,49 @@ pub struct Env<'a> {
 /// Evaluates `op`.
 pub fn eval<'a>(op: &'a Op, env: &Env<'a>) -> Result<V<'a>, Bail> {
     let mut locals: [V<'a>; SLOTS] = Default::default();
-    Eval { env, locals: &mut locals }.op(op)
+    Eval { env, locals: &mut locals, cost: 0 }.op(op)
 }
 
 /// [`eval`] for a predicate: Ok only for a boolean answer.
 pub fn eval_bool<'a>(op: &'a Op, env: &Env<'a>) -> Result<bool, Bail> {
     let mut locals: [V<'a>; SLOTS] = Default::default();
-    Eval { env, locals: &mut locals }.bool(op)
+    Eval { env, locals: &mut locals, cost: 0 }.bool(op)
 }
 
 struct Eval<'e, 'a> {
     env: &'e Env<'a>,
     locals: &'e mut [V<'a>; SLOTS],
+    /// Spent so far, by the interpreter's cost model: over the limit, the interpreter takes
+    /// over (and reports the limit).
+    cost: u64,
+}
+
+/// What reading `v` costs (see [`super::cost`]).
+fn traversal(v: &V<'_>) -> u64 {
+    match v {
+        V::Str(s) => super::cost::string_cost(s.len()),
+        V::List(l) => super::cost::container_cost(l.len()),
+        V::Values(l) => super::cost::container_cost(l.len()),
+        V::Map(m) => super::cost::container_cost(m.len()),
+        V::Null | V::Bool(_) | V::Int(_) | V::UInt(_) | V::Double(_) => 0,
+    }
+}
+
+fn len(v: &V<'_>) -> Option<usize> {
+    match v {
+        V::List(l) => Some(l.len()),
+        V::Values(l) => Some(l.len()),
+        V::Map(m) => Some(m.len()),
+        _ => None,
+    }
 }
 
 impl<'a> Eval<'_, 'a> {
+    fn charge(&mut self, cost: u64) -> Result<(), Bail> {
+        self.cost = self.cost.saturating_add(cost);
+        if self.cost > super::cost::COST_LIMIT { Err(Bail) } else { Ok(()) }
+    }
+
     /// Predicates answer here without a value in between (metrics are mostly predicates);
     /// `op` forwards them here.
     fn bool(&mut self, op: &'a Op) -> Result<bool, Bail> {
@@ -466,6 +519,7 @@ impl<'a> Eval<'_, 'a> {
             Op::Cmp(cmp, l, r) => {
                 let l = self.op(l)?;
                 let r = self.op(r)?;
+                self.charge(traversal(&l) + traversal(&r))?;
                 Ok(match cmp {
                     CmpOp::Eq => equal(&l, &r)?,
                     CmpOp::Ne => !equal(&l, &r)?,
@@ -551,17 +605,34 @@ impl<'a> Eval<'_, 'a> {
             Op::Arith(a, l, r) => {
                 let l = self.op(l)?;
                 let r = self.op(r)?;
+                // As `@sm.add` (lists) and the traversal of other operators' operands.
+                let cost = match (a, len(&l), len(&r)) {
+                    (ArithOp::Add, Some(x), Some(y)) if x + y > super::cost::MAX_LIST_ITEMS => {
+                        return Err(Bail);
+                    }
+                    (ArithOp::Add, Some(x), Some(y)) => super::cost::container_cost(x + y),
+                    (ArithOp::Add, _, _) => 0,
+                    _ => traversal(&l) + traversal(&r),
+                };
+                self.charge(cost)?;
                 arith(*a, l, r)?
             }
             Op::In(item, container) => {
                 let item = self.op(item)?;
-                V::Bool(contains(&item, self.op(container)?)?)
+                let container = self.op(container)?;
+                self.charge(traversal(&item) + traversal(&container))?;
+                V::Bool(contains(&item, container)?)
             }
-            Op::InLiteral(key, container) => V::Bool(match self.op(container)? {
-                V::Map(m) => key.find(m).is_some(),
-                other => contains(&V::Str(&key.key), other)?,
-            }),
+            Op::InLiteral(key, container) => {
+                let container = self.op(container)?;
+                self.charge(super::cost::string_cost(key.key.len()) + traversal(&container))?;
+                V::Bool(match container {
+                    V::Map(m) => key.find(m).is_some(),
+                    other => contains(&V::Str(&key.key), other)?,
+                })
+            }
             Op::Size(x) => match self.op(x)? {
+                v if self.charge(traversal(&v)).is_err() => return Err(Bail),
                 V::Str(s) => V::Int(s.chars().count() as i64),
                 V::List(l) => V::Int(l.len() as i64),
                 V::Map(m) => V::Int(m.len() as i64),
@@ -571,6 +642,7 @@ impl<'a> Eval<'_, 'a> {
             Op::Str(f, target, arg) => {
                 let s = self.str(target)?;
                 let a = self.str(arg)?;
+                self.charge(super::cost::string_cost(s.len()) + super::cost::string_cost(a.len()))?;
                 V::Bool(match f {
                     StrFn::StartsWith => s.starts_with(a),
                     StrFn::EndsWith => s.ends_with(a),
@@ -580,13 +652,29 @@ impl<'a> Eval<'_, 'a> {
             Op::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for i in items {
-                    out.push(self.op(i)?);
+                    let v = self.op(i)?;
+                    self.charge(traversal(&v))?;
+                    out.push(v);
+                }
+                V::Values(Rc::new(out))
+            }
+            Op::Append(slot, items) => {
+                let mut out = match std::mem::take(&mut self.locals[*slot]) {
+                    V::Values(rc) => Rc::try_unwrap(rc).unwrap_or_else(|rc| (*rc).clone()),
+                    V::List(l) => l.iter().map(V::from).collect(),
+                    _ => return Err(Bail),
+                };
+                for i in items {
+                    let v = self.op(i)?;
+                    self.charge(traversal(&v))?;
+                    out.push(v);
                 }
                 V::Values(Rc::new(out))
             }
             Op::Lookup(args) => {
                 let [api, kind, ns, name] = &**args;
                 let (api, kind, ns, name) = (self.str(api)?, self.str(kind)?, self.str(ns)?, self.str(name)?);
+                self.charge([api, kind, ns, name].iter().map(|s| super::cost::string_cost(s.len())).sum())?;
                 self.env.lookup.lookup(api, kind, ns, name).map(V::from).unwrap_or(V::Null)
             }
             Op::Comprehension(c) => self.comprehension(c)?,
@@ -596,6 +684,7 @@ impl<'a> Eval<'_, 'a> {
 
     fn comprehension(&mut self, c: &'a Comprehension) -> Result<V<'a>, Bail> {
         let range = self.op(&c.range)?;
+        self.charge(super::cost::range_cost(len(&range).unwrap_or(0), c.body))?;
         let init = self.op(&c.init)?;
         self.locals[c.accu_slot] = init;
         match range {
@@ -632,7 +721,9 @@ impl<'a> Eval<'_, 'a> {
     /// one). A non-boolean or failing predicate bails, as in the comprehension it replaces.
     fn quantify(&mut self, q: &'a Quantifier, decides: bool) -> Result<bool, Bail> {
         let mut undecided = true;
-        match self.op(&q.range)? {
+        let range = self.op(&q.range)?;
+        self.charge(super::cost::range_cost(len(&range).unwrap_or(0), q.body))?;
+        match range {
             V::List(items) => {
                 for item in items.iter() {
                     self.locals[q.iter_slot] = V::from(item);

@@ -9,7 +9,7 @@ use cel::Context;
 use cel::common::value::Val;
 
 use super::aggregate::{Tally, TallyBuilder};
-use super::expression::{CompileError, Expression, Inputs, root_context, timestamp_val};
+use super::expression::{CompileError, EvalError, Expression, Inputs, root_context, timestamp_val};
 use super::fast::Env;
 use super::lookup::{LookupScope, with_scope};
 use super::node::Node;
@@ -31,7 +31,7 @@ pub struct CompiledKubernetes {
 }
 
 /// One object's result of a `passes` expression shared by several metrics of a group.
-type Memo = Option<Result<bool, String>>;
+type Memo = Option<Result<bool, EvalError>>;
 
 /// The result of one object.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,7 +57,7 @@ struct NamespaceScope<'a> {
     info: Option<&'a NamespaceInfo>,
     tenant: Option<Arc<str>>,
     /// `where`, when it has one value per namespace: computed for the first object of the run.
-    where_memo: std::cell::OnceCell<Result<bool, String>>,
+    where_memo: std::cell::OnceCell<Result<bool, EvalError>>,
 }
 
 /// Where the evaluation may look: everything (platform namespaces) or one namespace.
@@ -108,6 +108,9 @@ pub enum EvaluationError {
         "evaluation stopped after {evaluated} of {total} objects: it exceeded its time budget of {budget:?}; simplify where, passes or value"
     )]
     TimeBudgetExceeded { budget: std::time::Duration, evaluated: usize, total: usize },
+    /// One object's evaluation exceeded the per-evaluation cost limit.
+    #[error("{0}; simplify where, passes or value")]
+    CostLimitExceeded(String),
 }
 
 impl CompiledKubernetes {
@@ -226,6 +229,7 @@ impl CompiledKubernetes {
     }
 
     /// Evaluates one object in its namespace's scope, or None when it is not selected at all.
+    /// An expression over the cost limit leaves its message in `over_cost`.
     fn evaluate_object(
         &self,
         pass: &Pass,
@@ -233,6 +237,7 @@ impl CompiledKubernetes {
         ns: &NamespaceScope<'_>,
         lookup: &dyn super::fast::Lookup,
         passes_memo: Option<&mut Memo>,
+        over_cost: &mut Option<String>,
     ) -> Option<ObjectResult> {
         if !ns.selected || self.selector.as_ref().is_some_and(|s| !s.matches_node(obj.labels())) {
             return None;
@@ -249,7 +254,13 @@ impl CompiledKubernetes {
         // The tenant is the scope's: callers that keep the result fill it in, a full pass
         // hands the scope's to the tally (no reference count per object and metric).
         let tenant = None;
-        let mut error = None;
+        let mut error: Option<String> = None;
+        let mut fail = |error: &mut Option<String>, e: EvalError| {
+            if let EvalError::CostLimitExceeded { .. } = e {
+                over_cost.get_or_insert_with(|| e.message());
+            }
+            error.get_or_insert(e.message());
+        };
         let in_population = match &self.where_ {
             None => true,
             Some(w) => if w.namespace_only() {
@@ -258,7 +269,7 @@ impl CompiledKubernetes {
                 w.eval_bool(&pass.root, &inputs)
             }
             .unwrap_or_else(|e| {
-                error = Some(e);
+                fail(&mut error, e);
                 true
             }),
         };
@@ -266,25 +277,26 @@ impl CompiledKubernetes {
             return Some(ObjectResult { tenant, in_population, passes: false, value: None, error: None });
         }
         let passes = match &self.passes {
-            None => error.is_none(),
-            Some(p) if error.is_none() => {
+            None => true,
+            Some(_) if error.is_some() => false,
+            Some(p) => {
                 let result = match passes_memo {
                     Some(memo) => memo.get_or_insert_with(|| p.eval_bool(&pass.root, &inputs)).clone(),
                     None => p.eval_bool(&pass.root, &inputs),
                 };
                 result.unwrap_or_else(|e| {
-                    error = Some(e);
+                    fail(&mut error, e);
                     false
                 })
             }
-            Some(_) => false,
         };
         let value = match &self.value {
             Some(v) if error.is_none() => {
-                v.eval_number(&pass.root, &inputs).map_err(|e| error = Some(e)).ok()
+                v.eval_number(&pass.root, &inputs).map_err(|e| fail(&mut error, e)).ok()
             }
             _ => None,
         };
+        let passes = passes && error.is_none();
         Some(ObjectResult { tenant, in_population, passes, value, error })
     }
 
@@ -316,9 +328,11 @@ impl CompiledKubernetes {
                     });
                 }
                 let scope = self.scope_for(&mut ns, index, &k.namespace, visibility);
-                if let Some(r) = self.evaluate_object(pass, o, scope, &lookup, None) {
+                let mut over_cost = None;
+                if let Some(r) = self.evaluate_object(pass, o, scope, &lookup, None, &mut over_cost) {
                     tally.push(i as u32, scope.tenant.as_ref(), r);
                 }
+                stop_over_cost(over_cost, k)?;
             }
             Ok(self.finish(index, visibility, tally))
         })
@@ -373,6 +387,7 @@ impl CompiledKubernetes {
                 .map(|m| TallyBuilder::new(keys.clone(), m.aggregate == Aggregate::NamespaceCoverage))
                 .collect();
             let mut scopes: Vec<Option<NamespaceScope<'_>>> = metrics.iter().map(|_| None).collect();
+            let mut over_cost = None;
             for (i, (k, o)) in table.iter().enumerate() {
                 if i % 64 == 63 && deadline.is_some_and(|d| std::time::Instant::now() > d) {
                     return None;
@@ -383,9 +398,13 @@ impl CompiledKubernetes {
                 {
                     let scope = m.scope_for(ns, index, &k.namespace, visibility);
                     let shared = slot.map(|s| &mut memo[s]);
-                    if let Some(r) = m.evaluate_object(pass, o, scope, &lookup, shared) {
+                    if let Some(r) = m.evaluate_object(pass, o, scope, &lookup, shared, &mut over_cost) {
                         tally.push(i as u32, scope.tenant.as_ref(), r);
                     }
+                }
+                // One metric over its cost: evaluate them one by one, which names it.
+                if over_cost.is_some() {
+                    return None;
                 }
             }
             Some(tallies)
@@ -409,7 +428,8 @@ impl CompiledKubernetes {
         tally
     }
 
-    /// Re-evaluates the objects in `keys` only (after watch events), updating `tally`.
+    /// Re-evaluates the objects in `keys` only (after watch events), updating `tally`. An
+    /// object over the cost limit stops the metric as in a full evaluation.
     pub fn evaluate_changed(
         &self,
         pass: &Pass,
@@ -417,18 +437,21 @@ impl CompiledKubernetes {
         visibility: &Visibility,
         keys: &[ObjectKey],
         tally: &mut Tally,
-    ) {
+    ) -> Result<(), EvaluationError> {
         let scope = LookupScope::new(index, visibility.confined_to());
         let lookup = LookupIn { index, visibility };
         with_scope(scope, || {
             for key in keys {
+                let mut over_cost = None;
                 let result = index.get(&self.kind, key).and_then(|o| {
                     let ns = self.namespace_scope(index, &key.namespace, visibility);
-                    let r = self.evaluate_object(pass, o, &ns, &lookup, None)?;
+                    let r = self.evaluate_object(pass, o, &ns, &lookup, None, &mut over_cost)?;
                     Some(ObjectResult { tenant: ns.tenant.clone(), ..r })
                 });
+                stop_over_cost(over_cost, key)?;
                 tally.set(key.clone(), result);
             }
+            Ok(())
         })
     }
 
@@ -449,6 +472,18 @@ impl CompiledKubernetes {
     /// The tenant label this metric groups by.
     pub fn tenant_label(&self) -> &str {
         &self.tenant_label
+    }
+}
+
+/// The error that stops an evaluation after an expression exceeded the cost limit on the
+/// object `key`.
+fn stop_over_cost(over_cost: Option<String>, key: &ObjectKey) -> Result<(), EvaluationError> {
+    match over_cost {
+        None => Ok(()),
+        Some(message) => Err(EvaluationError::CostLimitExceeded(format!(
+            "{message} ({})",
+            super::aggregate::display_key(key)
+        ))),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod anomaly;
 pub mod breaches;
+pub mod cost;
 pub mod expression;
 pub mod fast;
 pub mod history;
@@ -93,7 +94,9 @@ impl From<EvaluationError> for Outcome {
             EvaluationError::KindNotObserved(_) => {
                 Outcome::SourceUnavailable { reason: "KindNotObserved".into(), message: e.to_string() }
             }
-            EvaluationError::TimeBudgetExceeded { .. } => Outcome::TooExpensive(e.to_string()),
+            EvaluationError::TimeBudgetExceeded { .. } | EvaluationError::CostLimitExceeded(_) => {
+                Outcome::TooExpensive(e.to_string())
+            }
         }
     }
 }

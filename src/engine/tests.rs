@@ -325,7 +325,7 @@ fn incremental_update_matches_full_evaluation() {
         ObjectKey { namespace: "a2".into(), name: "p3".into() },
         ObjectKey { namespace: "b1".into(), name: "p4".into() },
     ];
-    k.evaluate_changed(&pass, &idx, &Visibility::Cluster, &changed, &mut results);
+    k.evaluate_changed(&pass, &idx, &Visibility::Cluster, &changed, &mut results).unwrap();
     assert_eq!(
         results,
         k.evaluate_all(&pass, &idx, &Visibility::Cluster).unwrap(),
