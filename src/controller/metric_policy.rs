@@ -377,23 +377,26 @@ async fn reconcile_as_leader(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Acti
                     }
                 }
             }
-            upsert(&mut active, &s, &stamp);
-            if let Some(a) = active.iter_mut().find(|a| same(a, &s)) {
-                a.pending = true;
-            }
+            upsert_pending(&mut active, &s, &stamp);
             ready.push((s, fresh, prior));
         }
         if action_type == ActionType::ScaleToZero && !ready.is_empty() {
+            // The last status plus these pending entries only: what else this reconcile did is
+            // recorded (with its Events) at the end, or redone after a restart.
+            let mut recorded = old.active_remediations.clone();
+            for (s, _, _) in &ready {
+                upsert_pending(&mut recorded, s, &stamp);
+            }
             let interim = build_status(
                 &p,
                 &old,
                 &rollup,
                 &problems,
                 &inputs,
-                active.clone(),
-                &done,
-                acted.clone(),
-                settled.clone(),
+                recorded,
+                &[],
+                BTreeSet::new(),
+                BTreeMap::new(),
                 now,
             );
             if !leading() {
@@ -580,6 +583,14 @@ fn upsert(active: &mut Vec<ActiveRemediation>, s: &Step, now: &Time) {
         previous_replicas: s.previous_replicas,
         pending: false,
     });
+}
+
+/// [`upsert`], marked as recorded before the change is made.
+fn upsert_pending(active: &mut Vec<ActiveRemediation>, s: &Step, now: &Time) {
+    upsert(active, s, now);
+    if let Some(a) = active.iter_mut().find(|a| same(a, s)) {
+        a.pending = true;
+    }
 }
 
 fn identity(p: &MetricPolicy, d: &Done, on: &str) -> String {
