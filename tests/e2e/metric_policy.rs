@@ -214,6 +214,7 @@ async fn dry_run_plans_records_and_changes_nothing() {
 
 #[tokio::test]
 async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_restart() {
+    let _rbac = operator::ENFORCE_RBAC.lock().await;
     let Some(env) = crate::harness::setup("mp_enforce").await else { return };
     env.install_crds().await;
     // No enforcement RBAC to begin with (only this test grants it).
@@ -726,17 +727,22 @@ async fn tenant_scope_targets_every_namespace_of_the_breached_tenant_only() {
     assert_eq!(targets, [format!("{ns}-a1"), format!("{ns}-a2")], "only the breached tenant's namespaces");
 }
 
-async fn enforcing_operator(test: &str) -> Option<(TestEnv, operator::Operator)> {
+/// A test namespace and an operator under the chart's RBAC with `remediation.enforce=true`,
+/// holding [`operator::ENFORCE_RBAC`] for the test's duration.
+async fn enforcing_operator(
+    test: &str,
+) -> Option<(TestEnv, operator::Operator, tokio::sync::MutexGuard<'static, ()>)> {
+    let rbac = operator::ENFORCE_RBAC.lock().await;
     let env = crate::harness::setup(test).await?;
     env.install_crds().await;
     operator::install_chart_rbac_with(&env, &["--set", "remediation.enforce=true"]);
     let op = operator::start(&env, &[]);
-    Some((env, op))
+    Some((env, op, rbac))
 }
 
 #[tokio::test]
 async fn tenant_policy_in_enforce_cannot_change_its_namespace_object() {
-    let Some((env, _op)) = enforcing_operator("mp_ns_escape").await else { return };
+    let Some((env, _op, _rbac)) = enforcing_operator("mp_ns_escape").await else { return };
     let ns = env.namespace.clone();
     create_deployment(&env, &ns, "web", 1, json!({})).await;
     // Per tenant: the test's namespace is its own tenant, so scope Tenant selects its Namespace.
@@ -793,7 +799,7 @@ async fn tenant_policy_in_enforce_cannot_change_its_namespace_object() {
 
 #[tokio::test]
 async fn scale_to_zero_restores_the_recorded_replicas_not_an_owner_set_annotation() {
-    let Some((env, _op)) = enforcing_operator("mp_prev_replicas").await else { return };
+    let Some((env, _op, _rbac)) = enforcing_operator("mp_prev_replicas").await else { return };
     let ns = env.namespace.clone();
     create_deployment(&env, &ns, "web", 2, json!({})).await;
     // The workload's owner pre-sets the annotation older operators trusted.
