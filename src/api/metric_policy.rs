@@ -130,6 +130,16 @@ pub struct RemediationRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub excluded_namespaces: Vec<String>,
+    /// Platform namespaces this rule may change. Platform namespaces are never targets
+    /// otherwise, whatever the scope selects; the operator's own namespace and kube-system,
+    /// kube-public, kube-node-lease stay excluded even when named. Only platform-namespace
+    /// policies act outside their own namespace, so for a tenant policy this has no effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 20),
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
+    pub include_platform_namespaces: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -181,6 +191,7 @@ pub enum Scope {
 #[x_kube(validation = Rule::new("!(self.type in ['Label', 'Annotate']) || has(self.key)").message("Label and Annotate actions need key"))]
 #[x_kube(validation = Rule::new("self.type != 'ResourceQuota' || has(self.quota)").message("ResourceQuota actions need quota"))]
 #[x_kube(validation = Rule::new("self.type != 'Webhook' || has(self.webhook)").message("Webhook actions need webhook"))]
+#[x_kube(validation = Rule::new(RESERVED_KEY_RULE).message(RESERVED_KEY_MESSAGE))]
 pub struct RemediationAction {
     /// Event | Label | Annotate | NetworkIsolation | ScaleToZero | ResourceQuota | Webhook.
     #[serde(rename = "type")]
@@ -199,6 +210,26 @@ pub struct RemediationAction {
     /// The receiver (Webhook). Only policies in platform namespaces may define receivers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookReceiver>,
+}
+
+/// CEL: a Label/Annotate key is not under a reserved prefix (see [`reserved_key`]).
+const RESERVED_KEY_RULE: &str = r"!has(self.key) || !self.key.lowerAscii().matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|secmetrics\\.io)/')";
+const RESERVED_KEY_MESSAGE: &str = "key may not use a prefix reserved for Kubernetes or secmetrics (kubernetes.io/, k8s.io/, secmetrics.io/ or a subdomain of them, e.g. pod-security.kubernetes.io/enforce or secmetrics.io/tenant)";
+
+/// Label/annotation key prefixes (and their subdomains) no policy may write: Kubernetes' own
+/// (Pod Security admission, topology, kubectl, ...) and secmetrics' own (the tenant label, the
+/// operator's bookkeeping).
+pub const RESERVED_KEY_DOMAINS: [&str; 3] = ["kubernetes.io", "k8s.io", "secmetrics.io"];
+
+/// Whether `key` is under a reserved prefix: `kubernetes.io/x`, `pod-security.kubernetes.io/x`,
+/// `k8s.io/x`, `secmetrics.io/tenant`, ... (compared without case). Checked by the CRD and
+/// again before planning and acting, for objects that predate the CRD rule.
+pub fn reserved_key(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else { return false };
+    let prefix = prefix.to_ascii_lowercase();
+    RESERVED_KEY_DOMAINS
+        .iter()
+        .any(|d| prefix == *d || prefix.strip_suffix(d).is_some_and(|rest| rest.ends_with('.')))
 }
 
 /// Kinds of remediation action.
@@ -419,6 +450,16 @@ pub struct ActiveRemediation {
     pub since: Time,
     /// Planned only (DryRun): nothing was changed.
     pub dry_run: bool,
+    /// ScaleToZero: the workload's replicas before it was scaled, as the operator read them.
+    /// Revert restores exactly this (never a value read back from the workload, which its
+    /// owner can write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub previous_replicas: Option<i32>,
+    /// Recorded before the change was confirmed (ScaleToZero records what it will change
+    /// first): the next reconcile makes the change again, keeping `previousReplicas`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// Outcomes of an action.

@@ -38,9 +38,6 @@ use crate::status;
 
 /// Most entries in `status.recentActions`.
 pub const MAX_RECENT_ACTIONS: usize = 20;
-/// Most entries in `status.activeRemediations` (further targets are refused by maxTargets
-/// long before; this bounds status whatever the rules say).
-pub const MAX_ACTIVE: usize = 200;
 /// Reconcile at least this often: metric data can go stale without any event.
 const RESYNC: Duration = Duration::from_secs(60);
 
@@ -164,6 +161,7 @@ async fn reconcile_as_leader(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Acti
         name: &name,
         platform: ctx.settings.platform_namespaces.contains(&ns),
         operator_namespace: &ctx.settings.operator_namespace,
+        platform_namespaces: &ctx.settings.platform_namespaces,
     };
     let old = p.status.clone().unwrap_or_default();
     let all: Vec<Arc<SecurityMetric>> =
@@ -344,25 +342,96 @@ async fn reconcile_as_leader(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Acti
                 break;
             }
         }
+        if let Some(msg) = denied {
+            for s in steps {
+                done.push(Done {
+                    record: record(s, Outcome::Failed, msg.clone()),
+                    target: s.target.clone(),
+                    episode: s.episode,
+                });
+            }
+            continue;
+        }
+        // ScaleToZero records the replicas it will restore before it scales, in status, where
+        // the workload's owner cannot write: a restart in between redoes the (pending) change
+        // with the recorded count, and nothing on the workload is ever trusted.
+        let mut ready: Vec<(Step, bool, Option<ActiveRemediation>)> = Vec::new();
         for s in steps {
-            let result = match &denied {
-                Some(msg) => Err(msg.clone()),
-                None => execute::apply(&ctx.client, &place, s, action).await.map_err(|e| e.to_string()),
-            };
-            match result {
+            let prior = active.iter().find(|a| same(a, s)).cloned();
+            if action_type != ActionType::ScaleToZero {
+                ready.push((s.clone(), false, prior));
+                continue;
+            }
+            let mut s = s.clone();
+            let fresh = s.previous_replicas.is_none();
+            if fresh {
+                match execute::replicas(&ctx.client, &s.target).await {
+                    Ok(r) => s.previous_replicas = Some(r),
+                    Err(e) => {
+                        done.push(Done {
+                            record: record(&s, Outcome::Failed, e.to_string()),
+                            target: s.target.clone(),
+                            episode: s.episode,
+                        });
+                        continue;
+                    }
+                }
+            }
+            upsert_pending(&mut active, &s, &stamp);
+            ready.push((s, fresh, prior));
+        }
+        if action_type == ActionType::ScaleToZero && !ready.is_empty() {
+            // The last status plus these pending entries only: what else this reconcile did is
+            // recorded (with its Events) at the end, or redone after a restart.
+            let mut recorded = old.active_remediations.clone();
+            for (s, _, _) in &ready {
+                upsert_pending(&mut recorded, s, &stamp);
+            }
+            let interim = build_status(
+                &p,
+                &old,
+                &rollup,
+                &problems,
+                &inputs,
+                recorded,
+                &[],
+                BTreeSet::new(),
+                BTreeMap::new(),
+                now,
+            );
+            if !leading() {
+                return Ok(Action::requeue(FOLLOWER_RECHECK));
+            }
+            status::write_status(&api, &name, &interim).await.map_err(Error::Status)?;
+        }
+        for (s, fresh, prior) in ready {
+            match execute::apply(&ctx.client, &place, &s, action, fresh).await {
                 Ok(msg) => {
-                    upsert(&mut active, s, &stamp);
+                    upsert(&mut active, &s, &stamp);
                     done.push(Done {
-                        record: record(s, Outcome::Applied, msg),
+                        record: record(&s, Outcome::Applied, msg),
                         target: s.target.clone(),
                         episode: s.episode,
                     });
                 }
-                Err(msg) => done.push(Done {
-                    record: record(s, Outcome::Failed, msg),
-                    target: s.target.clone(),
-                    episode: s.episode,
-                }),
+                Err(e) => {
+                    // Nothing changed: the entry is what it was before this attempt (a
+                    // change recorded but not confirmed stays pending, to be made again).
+                    if !prior.as_ref().is_some_and(|a| a.pending) {
+                        active.retain(|a| !same(a, &s));
+                        active.extend(prior);
+                    }
+                    let outcome = if matches!(e, execute::StepError::Refused(_)) {
+                        Outcome::Refused
+                    } else {
+                        Outcome::Failed
+                    };
+                    done.push(Done {
+                        record: record(&s, outcome, e.to_string()),
+                        target: s.target.clone(),
+                        episode: s.episode,
+                    });
+                }
             }
         }
     }
@@ -436,13 +505,10 @@ async fn reconcile_as_leader(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Acti
                 rule: r.rule.clone(),
                 metric: r.metric.clone(),
                 action: r.action,
-                target: format!("{} targets", r.count),
+                target: r.target.clone(),
                 outcome: Outcome::Refused,
                 dry_run: p.spec.mode == Mode::DryRun,
-                message: Some(format!(
-                    "{} targets exceed maxTargets {}: nothing was touched",
-                    r.count, r.max_targets
-                )),
+                message: Some(r.message.clone()),
             },
             target: targets::metric_ref(by_name[r.metric.as_str()]),
             episode: r.episode,
@@ -514,7 +580,17 @@ fn upsert(active: &mut Vec<ActiveRemediation>, s: &Step, now: &Time) {
         key: s.key.clone(),
         since: now.clone(),
         dry_run: s.dry_run,
+        previous_replicas: s.previous_replicas,
+        pending: false,
     });
+}
+
+/// [`upsert`], marked as recorded before the change is made.
+fn upsert_pending(active: &mut Vec<ActiveRemediation>, s: &Step, now: &Time) {
+    upsert(active, s, now);
+    if let Some(a) = active.iter_mut().find(|a| same(a, s)) {
+        a.pending = true;
+    }
 }
 
 fn identity(p: &MetricPolicy, d: &Done, on: &str) -> String {
@@ -668,7 +744,8 @@ fn build_status(
     active.sort_by(|a, b| {
         (&a.rule, &a.metric, a.action, &a.target).cmp(&(&b.rule, &b.metric, b.action, &b.target))
     });
-    active.truncate(MAX_ACTIVE);
+    // Never truncated: an entry dropped here would never be reverted. The planner keeps the
+    // list within plan::MAX_ACTIVE by refusing new entries instead.
     let mut recent: Vec<ActionRecord> = done.iter().map(|d| d.record.clone()).collect();
     recent.extend(old.recent_actions.iter().cloned());
     // Newest first; within one reconcile, in the order the actions were taken.

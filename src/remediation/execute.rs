@@ -21,9 +21,12 @@ use serde_json::{Value, json};
 use super::plan::Step;
 use super::targets::PolicyPlace;
 use crate::api::FIELD_MANAGER;
-use crate::api::metric_policy::{ActionType, RemediationAction, TargetRef};
+use crate::api::metric_policy::{ActionType, RemediationAction, TargetRef, reserved_key};
 
-/// Annotation on a scaled workload holding its replicas before ScaleToZero.
+/// Annotation that operators before 0.x wrote on scaled workloads. Never trusted now (the
+/// workload's owner can write it): the previous replicas live in the policy's status. Read
+/// only to revert a remediation recorded by such an operator without `previousReplicas`, and
+/// removed on revert.
 pub const PREVIOUS_REPLICAS: &str = "secmetrics.io/previous-replicas";
 /// Label on owned objects: the policy (`namespace.name`) that created them.
 pub const POLICY_LABEL: &str = "secmetrics.io/policy";
@@ -41,6 +44,22 @@ pub enum StepError {
     Api(#[from] kube::Error),
     #[error("{0}")]
     Invalid(String),
+    /// The step is never allowed (recorded as Refused, not Failed).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Checks that hold whatever the planner decided, right before a change: an object stored
+/// before the CRD's rules (or a bug upstream) still cannot write a reserved key.
+pub fn guard(step: &Step) -> Result<(), StepError> {
+    if matches!(step.action, ActionType::Label | ActionType::Annotate)
+        && let Some(key) = step.key.as_deref().filter(|k| reserved_key(k))
+    {
+        return Err(StepError::Refused(format!(
+            "key {key} is reserved for Kubernetes or secmetrics: no policy may write it; nothing was touched"
+        )));
+    }
+    Ok(())
 }
 
 /// One permission a step needs.
@@ -149,13 +168,32 @@ fn owner_labels(place: &PolicyPlace<'_>, rule: &str) -> BTreeMap<String, String>
     ])
 }
 
+/// The replicas of the workload `t` now (what ScaleToZero records before it scales).
+pub async fn replicas(client: &Client, t: &TargetRef) -> Result<i32, StepError> {
+    let obj = dynamic_api(client, t).await?.get(&t.name).await?;
+    Ok(replicas_of(&obj))
+}
+
+fn replicas_of(obj: &DynamicObject) -> i32 {
+    obj.data
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .map_or(1, |r| r.clamp(0, i32::MAX.into()) as i32)
+}
+
 /// Makes the change of `step` (Enforce). Returns a note for the record.
+///
+/// ScaleToZero needs `step.previous_replicas`, recorded in status before this is called;
+/// `fresh` (the count was just read for this step) makes the scale fail when the workload's
+/// replicas changed since, so the record never holds a stale count.
 pub async fn apply(
     client: &Client,
     place: &PolicyPlace<'_>,
     step: &Step,
     action: &RemediationAction,
+    fresh: bool,
 ) -> Result<String, StepError> {
+    guard(step)?;
     let t = &step.target;
     match step.action {
         ActionType::Event | ActionType::Webhook => Ok(String::new()),
@@ -191,20 +229,27 @@ pub async fn apply(
             Ok(format!("hard {}", limits.join(", ")))
         }
         ActionType::ScaleToZero => {
+            let previous = step
+                .previous_replicas
+                .ok_or_else(|| StepError::Invalid("no recorded previous replicas".into()))?;
             let api = dynamic_api(client, t).await?;
-            let obj = api.get(&t.name).await?;
-            if let Some(prev) = obj.annotations().get(PREVIOUS_REPLICAS) {
-                // Already scaled by us (a restart between the change and its record).
-                return Ok(format!("already scaled to 0 (previous replicas {prev})"));
-            }
-            let replicas = obj.data.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-            // resourceVersion makes the read-modify-write atomic: a concurrent change fails it.
-            let patch = json!({
-                "metadata": {"resourceVersion": obj.resource_version(), "annotations": {PREVIOUS_REPLICAS: replicas.to_string()}},
-                "spec": {"replicas": 0},
-            });
+            let patch = if fresh {
+                let obj = api.get(&t.name).await?;
+                let now = replicas_of(&obj);
+                if now != previous {
+                    return Err(StepError::Invalid(format!(
+                        "replicas changed from {previous} to {now} since they were recorded; retrying"
+                    )));
+                }
+                // resourceVersion makes the read-modify-write atomic: a concurrent change fails it.
+                json!({"metadata": {"resourceVersion": obj.resource_version()}, "spec": {"replicas": 0}})
+            } else {
+                // Already held at zero by a recorded remediation (or recorded, not confirmed):
+                // the count to restore is the record's.
+                json!({"spec": {"replicas": 0}})
+            };
             api.patch(&t.name, &merge_params(), &Patch::Merge(patch)).await?;
-            Ok(format!("replicas {replicas} -> 0"))
+            Ok(format!("replicas {previous} -> 0 (previous replicas recorded in status)"))
         }
     }
 }
@@ -244,23 +289,67 @@ pub async fn revert(client: &Client, step: &Step) -> Result<String, StepError> {
         }
         ActionType::ScaleToZero => {
             let api = dynamic_api(client, t).await?;
-            let obj = match api.get(&t.name).await {
-                Ok(o) => o,
-                Err(e) if gone(&e) => return Ok("target no longer exists".into()),
-                Err(e) => return Err(e.into()),
+            let replicas = match step.previous_replicas {
+                Some(r) => r,
+                // Recorded by an operator that kept the count on the workload: the only
+                // memory of it there is.
+                None => {
+                    let obj = match api.get(&t.name).await {
+                        Ok(o) => o,
+                        Err(e) if gone(&e) => return Ok("target no longer exists".into()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let Some(prev) = obj.annotations().get(PREVIOUS_REPLICAS).cloned() else {
+                        return Ok("already restored".into());
+                    };
+                    prev.parse().map_err(|_| {
+                        StepError::Invalid(format!("annotation {PREVIOUS_REPLICAS}={prev:?} is not a number"))
+                    })?
+                }
             };
-            let Some(prev) = obj.annotations().get(PREVIOUS_REPLICAS).cloned() else {
-                return Ok("already restored".into());
-            };
-            let replicas: i64 = prev.parse().map_err(|_| {
-                StepError::Invalid(format!("annotation {PREVIOUS_REPLICAS}={prev:?} is not a number"))
-            })?;
             let patch = json!({
-                "metadata": {"resourceVersion": obj.resource_version(), "annotations": {PREVIOUS_REPLICAS: null}},
+                "metadata": {"annotations": {PREVIOUS_REPLICAS: null}},
                 "spec": {"replicas": replicas},
             });
-            api.patch(&t.name, &merge_params(), &Patch::Merge(patch)).await?;
-            Ok(format!("replicas restored to {replicas}"))
+            match api.patch(&t.name, &merge_params(), &Patch::Merge(patch)).await {
+                Ok(_) => Ok(format!("replicas restored to {replicas}")),
+                Err(e) if gone(&e) => Ok("target no longer exists".into()),
+                Err(e) => Err(e.into()),
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn guard_refuses_reserved_keys_at_act_time() {
+        let step = |action, key: &str| Step {
+            rule: "r".into(),
+            metric: "m".into(),
+            action,
+            key: Some(key.into()),
+            target: TargetRef {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                namespace: Some("shop".into()),
+                name: "p".into(),
+            },
+            dry_run: false,
+            episode: Timestamp::UNIX_EPOCH,
+            previous_replicas: None,
+        };
+        for (action, key) in [
+            (ActionType::Label, "secmetrics.io/tenant"),
+            (ActionType::Annotate, "pod-security.kubernetes.io/enforce"),
+        ] {
+            let e = guard(&step(action, key)).unwrap_err();
+            assert!(matches!(e, StepError::Refused(_)), "{e}");
+            assert!(e.to_string().starts_with(&format!("key {key} is reserved")), "{e}");
+        }
+        assert!(guard(&step(ActionType::Label, "example.com/quarantine")).is_ok());
     }
 }

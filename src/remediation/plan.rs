@@ -10,9 +10,14 @@ use std::collections::BTreeSet;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::metric_policy::{
-    ActionType, ActiveRemediation, Mode, RemediationRule, RuleState, TargetRef, TriggerState,
+    ActionType, ActiveRemediation, Mode, RemediationRule, RuleState, TargetRef, TriggerState, reserved_key,
 };
 use crate::api::security_metric::{MetricState, SecurityMetricStatus};
+
+/// Most entries in a policy's `status.activeRemediations`: an action whose new targets would
+/// take the policy beyond it touches none and records Refused (like `maxTargets`), so status
+/// stays bounded without ever forgetting a change that is still to be reverted.
+pub const MAX_ACTIVE: usize = 200;
 
 /// Default cooldown between two actions of one rule for one metric.
 pub const DEFAULT_COOLDOWN: SignedDuration = SignedDuration::from_secs(60);
@@ -44,6 +49,9 @@ pub struct ActionTargets {
     /// How many targets the action would touch: more than `targets.len()` when the metric's
     /// status lists only some of them (offenders are capped).
     pub count: usize,
+    /// Targets the scope selected but the policy may never change, with the reason (e.g. a
+    /// tenant policy and a cluster-scoped object): each is recorded as Refused.
+    pub refused: Vec<(TargetRef, String)>,
 }
 
 /// One rule for one selected metric.
@@ -97,9 +105,14 @@ pub struct Step {
     /// The trigger episode (apply) or the remediation's `since` (revert): with the rest, a
     /// stable identity for Events and webhook deliveries across restarts.
     pub episode: Timestamp,
+    /// ScaleToZero: the replicas to restore, from the operator's own record (apply: when the
+    /// workload is already held at zero by a recorded remediation; revert: the record's).
+    /// Never read from the workload, whose owner can write anything there.
+    pub previous_replicas: Option<i32>,
 }
 
-/// An action not taken because it would touch more than `maxTargets`.
+/// An action (or one of its targets) not taken: beyond `maxTargets` or the policy's cap on
+/// active remediations, a reserved key, or a target the policy may never change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Refusal {
     /// Rule name.
@@ -108,10 +121,10 @@ pub struct Refusal {
     pub metric: String,
     /// The action.
     pub action: ActionType,
-    /// How many targets it would have touched.
-    pub count: usize,
-    /// The rule's cap.
-    pub max_targets: usize,
+    /// What was refused: a target, a key, or a count (`3 targets`).
+    pub target: String,
+    /// Why, for the record.
+    pub message: String,
     /// The episode, recorded so the refusal is recorded once.
     pub episode: Timestamp,
 }
@@ -145,6 +158,8 @@ pub fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     let dry_run = mode == Mode::DryRun;
+    // Room for new entries in status; never made by dropping one.
+    let mut room = MAX_ACTIVE.saturating_sub(active.len());
     for input in inputs {
         let rule = input.rule;
         let mine: Vec<&ActiveRemediation> =
@@ -158,27 +173,54 @@ pub fn plan(
 
         match input.triggered {
             Some(since) if due(rule, since, now) => {
-                let mut wanted = Vec::new();
+                let settled = state.and_then(|s| s.settled_episode.as_ref()).map(|t| t.0) == Some(since);
+                let mut refusals = Vec::new();
+                let mut refuse = |action: ActionType, target: String, message: String| {
+                    refusals.push(Refusal {
+                        rule: rule.name.clone(),
+                        metric: input.metric.to_string(),
+                        action,
+                        target,
+                        message,
+                        episode: since,
+                    })
+                };
+                let mut wanted: Vec<Vec<Step>> = Vec::new();
                 for a in &input.actions {
-                    if a.count > rule.max_targets as usize {
-                        if state.and_then(|s| s.settled_episode.as_ref()).map(|t| t.0) != Some(since) {
-                            plan.refuse.push(Refusal {
-                                rule: rule.name.clone(),
-                                metric: input.metric.to_string(),
-                                action: a.action,
-                                count: a.count,
-                                max_targets: rule.max_targets as usize,
-                                episode: since,
-                            });
-                        }
+                    if matches!(a.action, ActionType::Label | ActionType::Annotate)
+                        && let Some(key) = a.key.as_deref().filter(|k| reserved_key(k))
+                    {
+                        refuse(
+                            a.action,
+                            format!("key {key}"),
+                            format!(
+                                "key {key} is reserved for Kubernetes or secmetrics: no policy may write it; nothing was touched"
+                            ),
+                        );
                         continue;
                     }
+                    for (t, why) in &a.refused {
+                        refuse(a.action, t.to_string(), why.clone());
+                    }
+                    if a.count > rule.max_targets.max(0) as usize {
+                        refuse(
+                            a.action,
+                            format!("{} targets", a.count),
+                            format!(
+                                "{} targets exceed maxTargets {}: nothing was touched",
+                                a.count, rule.max_targets
+                            ),
+                        );
+                        continue;
+                    }
+                    let mut steps = Vec::new();
                     for t in &a.targets {
                         let existing = mine.iter().find(|m| m.action == a.action && &m.target == t);
                         // Planned entries become real when the policy switches to Enforce;
                         // real ones stay real when it switches back (they revert on recovery).
-                        if existing.is_none_or(|e| e.dry_run && !dry_run) {
-                            wanted.push(Step {
+                        // A change recorded but not confirmed (pending) is made again.
+                        if existing.is_none_or(|e| (e.dry_run || e.pending) && !dry_run) {
+                            steps.push(Step {
                                 rule: rule.name.clone(),
                                 metric: input.metric.to_string(),
                                 action: a.action,
@@ -186,16 +228,38 @@ pub fn plan(
                                 target: t.clone(),
                                 dry_run,
                                 episode: since,
+                                previous_replicas: recorded_replicas(active, a.action, t),
                             });
                         }
+                    }
+                    if !steps.is_empty() {
+                        wanted.push(steps);
                     }
                 }
                 if !wanted.is_empty() {
                     if cooling {
                         plan.recheck_at = earliest(plan.recheck_at, cool_until.unwrap_or(now));
                     } else {
-                        plan.apply.extend(wanted);
+                        for steps in wanted {
+                            // All of an action's targets or none, like maxTargets.
+                            let new = steps.iter().filter(|s| !active.iter().any(|a| same(a, s))).count();
+                            if new > room {
+                                refuse(
+                                    steps[0].action,
+                                    format!("{new} targets"),
+                                    format!(
+                                        "{new} more active remediations would exceed the policy's cap of {MAX_ACTIVE} (room for {room}): nothing was touched"
+                                    ),
+                                );
+                                continue;
+                            }
+                            room -= new;
+                            plan.apply.extend(steps);
+                        }
                     }
+                }
+                if !settled {
+                    plan.refuse.extend(refusals);
                 }
             }
             triggered => {
@@ -240,7 +304,25 @@ fn revert_step(a: &ActiveRemediation) -> Step {
         target: a.target.clone(),
         dry_run: a.dry_run,
         episode: a.since.0,
+        previous_replicas: a.previous_replicas,
     }
+}
+
+fn same(a: &ActiveRemediation, s: &Step) -> bool {
+    a.rule == s.rule && a.metric == s.metric && a.action == s.action && a.target == s.target
+}
+
+/// The replicas recorded for a workload some remediation already holds at zero (this one,
+/// pending, or another rule's or metric's): scaling it again must restore the same count,
+/// not the 0 it now has.
+fn recorded_replicas(active: &[ActiveRemediation], action: ActionType, t: &TargetRef) -> Option<i32> {
+    if action != ActionType::ScaleToZero {
+        return None;
+    }
+    active
+        .iter()
+        .filter(|a| a.action == action && &a.target == t && !a.dry_run)
+        .find_map(|a| a.previous_replicas)
 }
 
 #[cfg(test)]
@@ -282,6 +364,7 @@ mod tests {
                 key: None,
                 targets: targets.iter().map(|n| np(n)).collect(),
                 count: targets.len(),
+                refused: vec![],
             }],
         }
     }
@@ -295,6 +378,8 @@ mod tests {
             key: None,
             since: Time(t(since)),
             dry_run,
+            previous_replicas: None,
+            pending: false,
         }
     }
 
@@ -403,7 +488,8 @@ mod tests {
         let p = plan(Mode::Enforce, std::slice::from_ref(&i), &[], &[], t(1));
         assert!(p.apply.is_empty());
         assert_eq!(p.refuse.len(), 1);
-        assert_eq!((p.refuse[0].count, p.refuse[0].max_targets), (3, 2));
+        assert_eq!(p.refuse[0].target, "3 targets");
+        assert_eq!(p.refuse[0].message, "3 targets exceed maxTargets 2: nothing was touched");
         let settled = RuleState {
             rule: "isolate".into(),
             metric: "m".into(),
@@ -417,7 +503,188 @@ mod tests {
         i.actions[0].count = 25;
         i.triggered = Some(t(100));
         let p = plan(Mode::Enforce, &[i], &[], &[settled], t(101));
-        assert_eq!(p.refuse[0].count, 25);
+        assert_eq!(p.refuse[0].target, "25 targets");
+    }
+
+    fn deployment(ns: &str, name: &str) -> TargetRef {
+        TargetRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some(ns.into()),
+            name: name.into(),
+        }
+    }
+
+    fn scale_input<'a>(rule: &'a RemediationRule, metric: &'a str, targets: &[TargetRef]) -> RuleInput<'a> {
+        RuleInput {
+            rule,
+            metric,
+            triggered: Some(t(0)),
+            hold: false,
+            actions: vec![ActionTargets {
+                action: ActionType::ScaleToZero,
+                key: None,
+                targets: targets.to_vec(),
+                count: targets.len(),
+                refused: vec![],
+            }],
+        }
+    }
+
+    fn scaled(metric: &str, target: TargetRef, previous: i32, pending: bool) -> ActiveRemediation {
+        ActiveRemediation {
+            rule: "isolate".into(),
+            metric: metric.into(),
+            action: ActionType::ScaleToZero,
+            target,
+            key: None,
+            since: Time(t(0)),
+            dry_run: false,
+            previous_replicas: Some(previous),
+            pending,
+        }
+    }
+
+    #[test]
+    fn reserved_keys_are_refused_whatever_the_crd_let_through() {
+        for key in [
+            "pod-security.kubernetes.io/enforce",
+            "kubernetes.io/metadata.name",
+            "node-role.kubernetes.io/control-plane",
+            "k8s.io/x",
+            "foo.k8s.io/x",
+            "secmetrics.io/tenant",
+            "secmetrics.io/previous-replicas",
+            "team.secmetrics.io/x",
+            "Pod-Security.Kubernetes.IO/enforce",
+        ] {
+            let r = rule(serde_json::json!({"actions": [{"type": "Label", "key": key}]}));
+            let i = RuleInput {
+                rule: &r,
+                metric: "m",
+                triggered: Some(t(0)),
+                hold: false,
+                actions: vec![ActionTargets {
+                    action: ActionType::Label,
+                    key: Some(key.into()),
+                    targets: vec![np("a")],
+                    count: 1,
+                    refused: vec![],
+                }],
+            };
+            for mode in [Mode::DryRun, Mode::Enforce] {
+                let p = plan(mode, std::slice::from_ref(&i), &[], &[], t(1));
+                assert!(p.apply.is_empty(), "{key}: {p:?}");
+                assert_eq!(p.refuse.len(), 1, "{key}");
+                assert_eq!(p.refuse[0].target, format!("key {key}"));
+                assert_eq!(
+                    p.refuse[0].message,
+                    format!(
+                        "key {key} is reserved for Kubernetes or secmetrics: no policy may write it; nothing was touched"
+                    )
+                );
+            }
+        }
+        // Not reserved: other domains, unprefixed keys, look-alikes.
+        for key in
+            ["quarantine", "example.com/quarantine", "notkubernetes.io/x", "kubernetes.io", "k8s.iox/y"]
+        {
+            assert!(!reserved_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn refused_targets_are_recorded_once_and_the_rest_applies() {
+        let r = rule(serde_json::json!({}));
+        let mut i = input(&r, Some(0), &["a"]);
+        let ns = TargetRef {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            namespace: None,
+            name: "a".into(),
+        };
+        i.actions[0].refused = vec![(ns, "cluster-scoped".into())];
+        let p = plan(Mode::Enforce, std::slice::from_ref(&i), &[], &[], t(1));
+        assert_eq!(p.apply.len(), 1);
+        assert_eq!(
+            (p.refuse[0].target.as_str(), p.refuse[0].message.as_str()),
+            ("Namespace a", "cluster-scoped")
+        );
+        let settled = RuleState {
+            rule: "isolate".into(),
+            metric: "m".into(),
+            last_action: None,
+            settled_episode: Some(Time(t(0))),
+        };
+        let p = plan(Mode::Enforce, &[i], &[], &[settled], t(2));
+        assert!(p.refuse.is_empty(), "once per episode");
+    }
+
+    #[test]
+    fn previous_replicas_come_from_the_record_only() {
+        let r = rule(serde_json::json!({"actions": [{"type": "ScaleToZero"}], "cooldown": "1s"}));
+        let web = deployment("shop", "web");
+        // A first scale: nothing recorded, the controller reads and records the count.
+        let p = plan(Mode::Enforce, &[scale_input(&r, "m", std::slice::from_ref(&web))], &[], &[], t(1));
+        assert_eq!(p.apply[0].previous_replicas, None);
+        // Another metric scaling a workload a recorded remediation holds at zero: the same
+        // count (not the 0 it has now).
+        let held = [scaled("m", web.clone(), 2, false)];
+        let p =
+            plan(Mode::Enforce, &[scale_input(&r, "other", std::slice::from_ref(&web))], &held, &[], t(1));
+        assert_eq!(p.apply[0].previous_replicas, Some(2));
+        // Recorded but not confirmed (a restart in between): made again with the record's count.
+        let pending = [scaled("m", web.clone(), 2, true)];
+        let p = plan(Mode::Enforce, &[scale_input(&r, "m", std::slice::from_ref(&web))], &pending, &[], t(1));
+        assert_eq!((p.apply.len(), p.apply[0].previous_replicas), (1, Some(2)));
+        // In DryRun a pending real change is left alone, not turned into a plan.
+        let p = plan(Mode::DryRun, &[scale_input(&r, "m", std::slice::from_ref(&web))], &pending, &[], t(1));
+        assert!(p.apply.is_empty());
+        // Revert restores the recorded count.
+        let mut recovered = scale_input(&r, "m", &[]);
+        recovered.triggered = None;
+        let p = plan(Mode::Enforce, &[recovered], &held, &[], t(10));
+        assert_eq!(p.revert[0].previous_replicas, Some(2));
+    }
+
+    #[test]
+    fn active_remediations_are_bounded_by_refusing_never_by_dropping() {
+        let r = rule(serde_json::json!({"maxTargets": 100}));
+        // Already at the cap: every entry is kept, and a new action is refused.
+        let full: Vec<ActiveRemediation> =
+            (0..MAX_ACTIVE).map(|n| active("isolate", &format!("x{n}"), 0, false)).collect();
+        let p = plan(Mode::Enforce, &[input(&r, Some(0), &["a", "b"])], &full, &[], t(1));
+        assert!(p.apply.is_empty());
+        assert_eq!(p.refuse.len(), 1);
+        assert_eq!(
+            p.refuse[0].message,
+            format!(
+                "2 more active remediations would exceed the policy's cap of {MAX_ACTIVE} (room for 0): nothing was touched"
+            )
+        );
+        // Nothing active is reverted or forgotten for it.
+        assert!(p.revert.is_empty() && p.forget.is_empty());
+        // Room for one action, not the next: all of an action's targets or none.
+        let almost = &full[..MAX_ACTIVE - 3];
+        let r2 = rule(serde_json::json!({"name": "second", "maxTargets": 100}));
+        let p = plan(
+            Mode::Enforce,
+            &[input(&r, Some(0), &["a", "b"]), input(&r2, Some(0), &["c", "d"])],
+            almost,
+            &[],
+            t(1),
+        );
+        assert_eq!(p.apply.len(), 2);
+        assert!(p.apply.iter().all(|s| s.rule == "isolate"));
+        assert_eq!((p.refuse.len(), p.refuse[0].rule.as_str()), (1, "second"));
+        // Re-applying existing entries (DryRun → Enforce) needs no room.
+        let planned: Vec<ActiveRemediation> =
+            (0..MAX_ACTIVE).map(|n| active("isolate", &format!("n{n}"), 0, true)).collect();
+        let names: Vec<String> = (0..MAX_ACTIVE).map(|n| format!("n{n}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r3 = rule(serde_json::json!({"maxTargets": 100}));
+        let p = plan(Mode::Enforce, &[input(&r3, Some(0), &refs[..100])], &planned, &[], t(1));
+        assert_eq!((p.apply.len(), p.refuse.len()), (100, 0));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! From a rule's scope to the objects each action touches: the metric itself, its offenders
 //! (and their workloads), or the namespaces of its breached tenants. Exclusions and tenant
-//! confinement (SPEC §3) are applied here, before anything is counted against `maxTargets`.
+//! confinement (SPEC §3) are applied here, before anything is counted against `maxTargets`:
+//! a tenant policy changes only namespaced objects in its own namespace (never a Namespace
+//! object or anything else cluster-scoped), and platform namespaces are targets only when a
+//! rule names them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +33,20 @@ pub struct PolicyPlace<'a> {
     pub platform: bool,
     /// The operator's own namespace (always excluded).
     pub operator_namespace: &'a str,
+    /// The platform namespaces: never targets unless a rule names them
+    /// (`includePlatformNamespaces`).
+    pub platform_namespaces: &'a [String],
+}
+
+/// What may happen to one target a rule's scope selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It is a target.
+    Target,
+    /// It is not a target (excluded, or outside the policy's reach); nothing is recorded.
+    Excluded,
+    /// It would be a target, but the policy may never change it: recorded as Refused.
+    Refused(String),
 }
 
 impl PolicyPlace<'_> {
@@ -42,7 +59,37 @@ impl PolicyPlace<'_> {
         if rule.excluded_namespaces.iter().any(|e| e == ns) {
             return false;
         }
+        if self.platform_namespaces.iter().any(|p| p == ns)
+            && !rule.include_platform_namespaces.iter().any(|p| p == ns)
+        {
+            return false;
+        }
         self.platform || ns == self.namespace
+    }
+
+    /// What may happen to `t`, a target of an action of `rule` (`notification`: Event,
+    /// Webhook, which change nothing).
+    pub fn verdict(&self, rule: &RemediationRule, t: &TargetRef, notification: bool) -> Verdict {
+        let cluster_scoped = t.namespace.is_none();
+        if notification {
+            // Notifications change nothing, so exclusions do not apply to them (an Event on a
+            // metric in the operator's namespace is fine); confinement does.
+            return if self.platform || (!cluster_scoped && t.namespace.as_deref() == Some(self.namespace)) {
+                Verdict::Target
+            } else {
+                Verdict::Excluded
+            };
+        }
+        if !self.allows(rule, target_namespace(t)) {
+            return Verdict::Excluded;
+        }
+        if cluster_scoped && !self.platform {
+            return Verdict::Refused(format!(
+                "{t} is cluster-scoped: only policies in platform namespaces may change cluster-scoped objects, and {} is a tenant namespace; nothing was touched",
+                self.namespace
+            ));
+        }
+        Verdict::Target
     }
 
     /// Name of the objects (NetworkPolicy, ResourceQuota) a rule of this policy owns.
@@ -278,25 +325,25 @@ pub async fn resolve(
                 }
             },
         };
-        // Notifications change nothing, so exclusions do not apply to them (an Event on a
-        // metric in the operator's namespace is fine); confinement does.
         let notification = matches!(action.type_, ActionType::Event | ActionType::Webhook);
-        let mut targets: Vec<TargetRef> = raw
-            .into_iter()
-            .filter(|t| {
-                if notification {
-                    place.platform || target_namespace(t) == Some(place.namespace)
-                } else {
-                    place.allows(rule, target_namespace(t))
+        let mut targets: BTreeSet<TargetRef> = BTreeSet::new();
+        let mut refused: BTreeMap<TargetRef, String> = BTreeMap::new();
+        for t in raw {
+            match place.verdict(rule, &t, notification) {
+                Verdict::Target => {
+                    targets.insert(t);
                 }
-            })
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        targets.sort();
+                Verdict::Excluded => {}
+                Verdict::Refused(why) => {
+                    refused.insert(t, why);
+                }
+            }
+        }
+        let targets: Vec<TargetRef> = targets.into_iter().collect();
+        let refused: Vec<(TargetRef, String)> = refused.into_iter().collect();
         let count = targets.len() + unlisted;
         let key = action.key.clone();
-        out.push(ActionTargets { action: action.type_, key, targets, count });
+        out.push(ActionTargets { action: action.type_, key, targets, count, refused });
     }
     Ok(out)
 }
@@ -342,12 +389,14 @@ mod tests {
             name: "p",
             platform: true,
             operator_namespace: "secmetrics-system",
+            platform_namespaces: &[],
         };
         let tenant = PolicyPlace {
             namespace: "shop",
             name: "p",
             platform: false,
             operator_namespace: "secmetrics-system",
+            platform_namespaces: &[],
         };
         let r = rule(&["legacy"]);
         for ns in ["kube-system", "kube-public", "kube-node-lease", "secmetrics-system", "legacy"] {
@@ -357,6 +406,96 @@ mod tests {
         assert!(tenant.allows(&r, Some("shop")));
         assert!(!tenant.allows(&r, Some("other")));
         assert!(!platform.allows(&r, None), "cluster-scoped objects are never touched");
+    }
+
+    fn places(platform_namespaces: &[String]) -> (PolicyPlace<'_>, PolicyPlace<'_>) {
+        let platform = PolicyPlace {
+            namespace: "platform",
+            name: "p",
+            platform: true,
+            operator_namespace: "secmetrics-system",
+            platform_namespaces,
+        };
+        let tenant = PolicyPlace { namespace: "shop", platform: false, ..platform.clone() };
+        (platform, tenant)
+    }
+
+    fn ns_ref(name: &str) -> TargetRef {
+        namespace_ref(name)
+    }
+
+    fn pod_ref(ns: &str) -> TargetRef {
+        TargetRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: Some(ns.into()),
+            name: "p".into(),
+        }
+    }
+
+    #[test]
+    fn tenant_policies_never_change_cluster_scoped_objects() {
+        let (platform, tenant) = places(&[]);
+        let r = rule(&[]);
+        // Its own Namespace object: in reach, but cluster-scoped: refused, with the reason.
+        match tenant.verdict(&r, &ns_ref("shop"), false) {
+            Verdict::Refused(why) => assert_eq!(
+                why,
+                "Namespace shop is cluster-scoped: only policies in platform namespaces may change cluster-scoped objects, and shop is a tenant namespace; nothing was touched"
+            ),
+            v => panic!("{v:?}"),
+        }
+        // Another tenant's Namespace: not a target at all (confinement), nothing recorded.
+        assert_eq!(tenant.verdict(&r, &ns_ref("other"), false), Verdict::Excluded);
+        // Objects in its own namespace: targets; elsewhere: not.
+        assert_eq!(tenant.verdict(&r, &pod_ref("shop"), false), Verdict::Target);
+        assert_eq!(tenant.verdict(&r, &pod_ref("other"), false), Verdict::Excluded);
+        // Notifications on a cluster-scoped object: not a target for a tenant.
+        assert_eq!(tenant.verdict(&r, &ns_ref("shop"), true), Verdict::Excluded);
+        // Other cluster-scoped kinds: never, for anyone.
+        let node =
+            TargetRef { api_version: "v1".into(), kind: "Node".into(), namespace: None, name: "shop".into() };
+        assert_eq!(tenant.verdict(&r, &node, false), Verdict::Excluded);
+        assert_eq!(platform.verdict(&r, &node, false), Verdict::Excluded);
+        // A platform policy may label a tenant's Namespace.
+        assert_eq!(platform.verdict(&r, &ns_ref("shop"), false), Verdict::Target);
+    }
+
+    #[test]
+    fn platform_namespaces_are_targets_only_when_named() {
+        let platform_namespaces = ["platform".to_string(), "observability".to_string()];
+        let (platform, tenant) = places(&platform_namespaces);
+        let r = rule(&[]);
+        for ns in ["platform", "observability"] {
+            assert!(!platform.allows(&r, Some(ns)), "{ns}, even the policy's own");
+            assert_eq!(platform.verdict(&r, &ns_ref(ns), false), Verdict::Excluded);
+            assert_eq!(platform.verdict(&r, &pod_ref(ns), false), Verdict::Excluded);
+        }
+        assert!(platform.allows(&r, Some("shop")));
+        // Notifications (an Event on the platform's own metric) still happen.
+        assert_eq!(platform.verdict(&r, &pod_ref("platform"), true), Verdict::Target);
+        let named: RemediationRule = serde_json::from_value(serde_json::json!({
+            "name": "r", "when": {"state": "Breached"}, "actions": [{"type": "Label", "key": "k"}],
+            "includePlatformNamespaces": ["observability", "secmetrics-system", "kube-system", "shop"]
+        }))
+        .unwrap();
+        assert!(platform.allows(&named, Some("observability")), "named");
+        assert!(!platform.allows(&named, Some("platform")), "not named");
+        // Naming never reaches the always-excluded namespaces.
+        assert!(!platform.allows(&named, Some("secmetrics-system")));
+        assert!(!platform.allows(&named, Some("kube-system")));
+        // Hostile: a tenant naming a platform namespace (or another tenant's) reaches nothing more.
+        assert!(!tenant.allows(&named, Some("observability")));
+        let foreign: RemediationRule = serde_json::from_value(serde_json::json!({
+            "name": "r", "when": {"state": "Breached"}, "actions": [{"type": "Label", "key": "k"}],
+            "includePlatformNamespaces": ["platform", "other"]
+        }))
+        .unwrap();
+        for ns in ["platform", "observability", "other"] {
+            assert!(!tenant.allows(&foreign, Some(ns)), "{ns}");
+            assert_eq!(tenant.verdict(&foreign, &pod_ref(ns), false), Verdict::Excluded);
+        }
+        assert!(tenant.allows(&foreign, Some("shop")));
     }
 
     #[test]

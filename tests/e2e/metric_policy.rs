@@ -214,6 +214,7 @@ async fn dry_run_plans_records_and_changes_nothing() {
 
 #[tokio::test]
 async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_restart() {
+    let _rbac = operator::ENFORCE_RBAC.lock().await;
     let Some(env) = crate::harness::setup("mp_enforce").await else { return };
     env.install_crds().await;
     // No enforcement RBAC to begin with (only this test grants it).
@@ -293,10 +294,8 @@ async fn enforce_without_rbac_fails_cleanly_then_applies_reverts_and_survives_re
     let deployments: Api<Deployment> = env.api();
     let d = deployments.get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(0));
-    assert_eq!(
-        d.metadata.annotations.unwrap().get("secmetrics.io/previous-replicas").map(String::as_str),
-        Some("2")
-    );
+    let scaled = s.active_remediations.iter().find(|a| a.action.as_str() == "ScaleToZero").unwrap();
+    assert_eq!((scaled.previous_replicas, scaled.pending), (Some(2), false), "recorded in status");
     assert_eq!(records(&s, Outcome::Applied).len(), 3, "{:?}", s.recent_actions);
 
     // Recovery reverts both: NetworkPolicy deleted, replicas restored.
@@ -726,4 +725,173 @@ async fn tenant_scope_targets_every_namespace_of_the_breached_tenant_only() {
     targets.sort();
     targets.dedup();
     assert_eq!(targets, [format!("{ns}-a1"), format!("{ns}-a2")], "only the breached tenant's namespaces");
+}
+
+/// A test namespace and an operator under the chart's RBAC with `remediation.enforce=true`,
+/// holding [`operator::ENFORCE_RBAC`] for the test's duration.
+async fn enforcing_operator(
+    test: &str,
+) -> Option<(TestEnv, operator::Operator, tokio::sync::MutexGuard<'static, ()>)> {
+    let rbac = operator::ENFORCE_RBAC.lock().await;
+    let env = crate::harness::setup(test).await?;
+    env.install_crds().await;
+    operator::install_chart_rbac_with(&env, &["--set", "remediation.enforce=true"]);
+    let op = operator::start(&env, &[]);
+    Some((env, op, rbac))
+}
+
+#[tokio::test]
+async fn tenant_policy_in_enforce_cannot_change_its_namespace_object() {
+    let Some((env, _op, _rbac)) = enforcing_operator("mp_ns_escape").await else { return };
+    let ns = env.namespace.clone();
+    create_deployment(&env, &ns, "web", 1, json!({})).await;
+    // Per tenant: the test's namespace is its own tenant, so scope Tenant selects its Namespace.
+    let mut metric = deployment_metric(&ns, "owners");
+    metric["spec"]["tenancy"] = json!({});
+    create::<SecurityMetric>(&env, &metric).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.admin.clone());
+    let before = namespaces.get(&ns).await.unwrap().metadata;
+    create::<MetricPolicy>(
+        &env,
+        &policy(
+            &ns,
+            "escape",
+            json!({
+                "metrics": ["owners"],
+                "mode": "Enforce",
+                "rules": [{
+                    "name": "mark",
+                    "when": {"state": "Breached"},
+                    "scope": "Tenant",
+                    "cooldown": "1s",
+                    "actions": [{"type": "Label", "key": "quarantine", "value": "yes"},
+                                {"type": "Annotate", "key": "example.com/owner", "value": "another-tenant"},
+                                {"type": "NetworkIsolation"}]
+                }]
+            }),
+        ),
+    )
+    .await;
+    // The rule acts where it may (a NetworkPolicy in its namespace) and refuses the Namespace.
+    let s = policy_where(&env, &ns, "escape", "the Namespace refused, the isolation applied", |s| {
+        has(s, Outcome::Refused, "Label")
+            && has(s, Outcome::Refused, "Annotate")
+            && has(s, Outcome::Applied, "NetworkIsolation")
+    })
+    .await;
+    for r in records(&s, Outcome::Refused) {
+        assert_eq!(r.target, format!("Namespace {ns}"), "{r:?}");
+        assert_eq!(
+            r.message.as_deref(),
+            Some(format!("Namespace {ns} is cluster-scoped: only policies in platform namespaces may change cluster-scoped objects, and {ns} is a tenant namespace; nothing was touched").as_str())
+        );
+    }
+    assert!(
+        s.active_remediations.iter().all(|a| a.target.kind != "Namespace"),
+        "{:?}",
+        s.active_remediations
+    );
+    let after = namespaces.get(&ns).await.unwrap().metadata;
+    assert_eq!(after.labels, before.labels);
+    assert_eq!(after.annotations, before.annotations);
+    assert_eq!(after.resource_version, before.resource_version, "the Namespace was not written at all");
+}
+
+#[tokio::test]
+async fn scale_to_zero_restores_the_recorded_replicas_not_an_owner_set_annotation() {
+    let Some((env, _op, _rbac)) = enforcing_operator("mp_prev_replicas").await else { return };
+    let ns = env.namespace.clone();
+    create_deployment(&env, &ns, "web", 2, json!({})).await;
+    // The workload's owner pre-sets the annotation older operators trusted.
+    let deployments: Api<Deployment> = env.api();
+    let forged = json!({"metadata": {"annotations": {"secmetrics.io/previous-replicas": "50"}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Merge(forged.clone())).await.unwrap();
+    create::<SecurityMetric>(&env, &deployment_metric(&ns, "owners")).await;
+    create::<MetricPolicy>(
+        &env,
+        &policy(
+            &ns,
+            "scale",
+            json!({
+                "metrics": ["owners"],
+                "mode": "Enforce",
+                "rules": [{"name": "stop", "when": {"state": "Breached"}, "scope": "Offenders", "cooldown": "1s",
+                           "actions": [{"type": "ScaleToZero"}]}]
+            }),
+        ),
+    )
+    .await;
+    let s = policy_where(&env, &ns, "scale", "scaled, confirmed", |s| {
+        has(s, Outcome::Applied, "ScaleToZero") && s.active_remediations.iter().any(|a| !a.pending)
+    })
+    .await;
+    assert_eq!(s.active_remediations.len(), 1);
+    assert_eq!(
+        s.active_remediations[0].previous_replicas,
+        Some(2),
+        "read from the workload's spec, not the annotation"
+    );
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(0),
+        "the annotation did not stop it"
+    );
+    // Rewriting it while scaled changes nothing either.
+    deployments.patch("web", &PatchParams::default(), &Patch::Merge(forged)).await.unwrap();
+
+    label_owner(&env, &ns, "web").await;
+    let s = policy_where(&env, &ns, "scale", "reverted", |s| has(s, Outcome::Reverted, "ScaleToZero")).await;
+    assert_eq!(s.active_count, 0);
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(2), "restored to its real previous replicas, not 50");
+    assert!(!d.metadata.annotations.unwrap_or_default().contains_key("secmetrics.io/previous-replicas"));
+}
+
+#[tokio::test]
+async fn api_server_rejects_reserved_keys_and_hostile_platform_namespace_lists() {
+    let Some(env) = crate::harness::setup("mp_reserved").await else { return };
+    env.install_crds().await;
+    let label = |key: &str| {
+        json!({"metrics": ["m"], "rules": [{"name": "r", "when": {"state": "Breached"},
+               "actions": [{"type": "Label", "key": key}]}]})
+    };
+    let reserved = "key may not use a prefix reserved for Kubernetes or secmetrics";
+    for key in [
+        "pod-security.kubernetes.io/enforce",
+        "secmetrics.io/tenant",
+        "secmetrics.io/previous-replicas",
+        "kubernetes.io/metadata.name",
+        "foo.k8s.io/bar",
+        "Pod-Security.Kubernetes.io/enforce",
+    ] {
+        let msg = rejection(&env, label(key)).await;
+        assert!(msg.contains(reserved), "{key}: {msg}");
+        assert!(msg.contains("pod-security.kubernetes.io/enforce or secmetrics.io/tenant"), "{msg}");
+    }
+    let annotate = rejection(
+        &env,
+        json!({"metrics": ["m"], "rules": [{"name": "r", "when": {"state": "Breached"},
+               "actions": [{"type": "Annotate", "key": "kubectl.kubernetes.io/last-applied-configuration"}]}]}),
+    )
+    .await;
+    assert!(annotate.contains(reserved), "{annotate}");
+
+    // includePlatformNamespaces: too many, too long, not a namespace name, empty.
+    let include = |names: Value| {
+        json!({"metrics": ["m"], "rules": [{"name": "r", "when": {"state": "Breached"},
+               "actions": [{"type": "Event"}], "includePlatformNamespaces": names}]})
+    };
+    let many: Vec<String> = (0..21).map(|n| format!("ns{n}")).collect();
+    let msg = rejection(&env, include(json!(many))).await;
+    assert!(msg.contains("includePlatformNamespaces") && msg.contains("21"), "{msg}");
+    for bad in ["x".repeat(64), "../kube-system".into(), "-x".into(), String::new()] {
+        let msg = rejection(&env, include(json!([bad]))).await;
+        assert!(msg.contains("includePlatformNamespaces"), "{bad:?}: {msg}");
+    }
+
+    // Allowed: keys under other domains, unprefixed keys, a named platform namespace.
+    let mut ok = policy(&env.namespace, "ok", label("example.com/quarantine"));
+    ok["spec"]["rules"][0]["includePlatformNamespaces"] = json!(["secmetrics-system"]);
+    create::<MetricPolicy>(&env, &ok).await;
+    create::<MetricPolicy>(&env, &policy(&env.namespace, "ok2", label("quarantine"))).await;
 }

@@ -32,6 +32,11 @@ fn bin(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/bin").join(name)
 }
 
+/// Held by the tests that grant or revoke the chart's enforcement RBAC (a cluster-wide
+/// ClusterRoleBinding for the one operator identity), so one test's grant does not show up in
+/// another's "without RBAC" phase.
+pub static ENFORCE_RBAC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Renders the chart with `helm template` and applies its RBAC and ServiceAccount (not the
 /// Deployment: the operator runs here as a process with the chart's identity).
 pub fn install_chart_rbac(env: &TestEnv) {
