@@ -115,7 +115,12 @@ fn invalid_input_exits_two_with_file_and_position() {
     let (code, _, err) =
         evaluate(&["-f", path(&unknown), "--objects", path(&root().join("examples/workloads.yaml"))]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown.yaml:") && err.contains("(document 2) SecurityMetric containers-with-resource-limits: unknown field spec.objective.tagret"), "{err}");
+    assert!(
+        err.contains("unknown.yaml:")
+            && err.contains("(document 2) SecurityMetric \"containers-with-resource-limits\" is invalid")
+            && err.contains("spec.objective.tagret: unknown field"),
+        "{err}"
+    );
 
     let (code, _, err) = evaluate(&["-f", "/nonexistent/metrics.yaml", "--objects", path(&unknown)]);
     assert_eq!(code, 2);
@@ -207,5 +212,10 @@ fn policies_gate_the_exit_code_on_their_requirement() {
         path(&examples.join("workloads.yaml")),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("bad.yaml") && err.contains("MetricPolicy p: unknown field spec.mdoe"), "{err}");
+    assert!(
+        err.contains("bad.yaml")
+            && err.contains("MetricPolicy \"p\" is invalid")
+            && err.contains("spec.mdoe: unknown field"),
+        "{err}"
+    );
 }
