@@ -115,7 +115,12 @@ fn invalid_input_exits_two_with_file_and_position() {
     let (code, _, err) =
         evaluate(&["-f", path(&unknown), "--objects", path(&root().join("examples/workloads.yaml"))]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown.yaml:") && err.contains("(document 2) SecurityMetric containers-with-resource-limits: unknown field spec.objective.tagret"), "{err}");
+    assert!(
+        err.contains("unknown.yaml:")
+            && err.contains("(document 2) SecurityMetric \"containers-with-resource-limits\" is invalid")
+            && err.contains("spec.objective.tagret: unknown field"),
+        "{err}"
+    );
 
     let (code, _, err) = evaluate(&["-f", "/nonexistent/metrics.yaml", "--objects", path(&unknown)]);
     assert_eq!(code, 2);
@@ -207,5 +212,142 @@ fn policies_gate_the_exit_code_on_their_requirement() {
         path(&examples.join("workloads.yaml")),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("bad.yaml") && err.contains("MetricPolicy p: unknown field spec.mdoe"), "{err}");
+    assert!(
+        err.contains("bad.yaml")
+            && err.contains("MetricPolicy \"p\" is invalid")
+            && err.contains("spec.mdoe: unknown field"),
+        "{err}"
+    );
+}
+
+/// The hostile specs of tests/fixtures/hostile: `reject-*` are refused by the API server (the
+/// e2e test `hostile_specs_are_refused_by_the_api_server_exactly_when_evaluate_refuses_them`
+/// proves it on a real one), so `evaluate` must exit 2 naming the file, the document and the
+/// field (`# path:` in the file); `accept-*` are admitted.
+#[test]
+fn evaluate_refuses_exactly_what_the_crd_refuses_with_located_messages() {
+    let dir = root().join("tests/fixtures/hostile");
+    let baseline = dir.join("accept-baseline.yaml");
+    let objects = root().join("examples/workloads.yaml");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 20);
+    for f in files {
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut args = vec!["-f", path(&f), "--objects", path(&objects)];
+        if text.contains("kind: MetricPolicy") {
+            args.extend(["-f", path(&baseline)]);
+        }
+        let (code, _, err) = evaluate(&args);
+        if name.starts_with("accept-") {
+            assert_ne!(code, 2, "{name}: {err}");
+            continue;
+        }
+        assert_eq!(code, 2, "{name} must be refused: {err}");
+        assert!(err.contains(&name), "{name}: the file is named: {err}");
+        if let Some(field) = text.lines().next().and_then(|l| l.strip_prefix("# path: ")) {
+            assert!(err.contains(":2 (document 1)"), "{name}: the document is located: {err}");
+            assert!(err.contains(&format!("  * {field}: ")), "{name}: the field {field} is named: {err}");
+        } else {
+            assert!(
+                err.contains("invalid JSON at line 7 column") && err.contains("duplicate field \"interval\""),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// Generated documents, valid or not, never crash `evaluate`: it exits 0, 1 or 2, and 2 always
+/// with a message.
+mod generated {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn scalar() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9 .:/_>=<!-]{0,12}".prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just("1ns"),
+                Just("8760h"),
+                Just("8761h"),
+                Just("1000000000000s"),
+                Just("5m"),
+                Just("0")
+            ]
+            .prop_map(serde_json::Value::from),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        let keys = prop_oneof![
+            Just("kind".to_string()),
+            Just("items".to_string()),
+            Just("spec".to_string()),
+            Just("source".to_string()),
+            Just("kubernetes".to_string()),
+            Just("interval".to_string()),
+            Just("objective".to_string()),
+            Just("window".to_string()),
+            "[a-z]{1,6}",
+        ];
+        scalar().prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(keys.clone(), inner, 0..5)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A valid metric with one field replaced by a generated value.
+    fn document() -> impl Strategy<Value = serde_json::Value> {
+        let base: serde_json::Value = serde_saphyr::from_str(
+            &std::fs::read_to_string(root().join("tests/fixtures/hostile/accept-baseline.yaml")).unwrap(),
+        )
+        .unwrap();
+        let fields = prop_oneof![
+            Just(vec!["spec", "interval"]),
+            Just(vec!["spec", "objective"]),
+            Just(vec!["spec", "source"]),
+            Just(vec!["spec", "source", "kubernetes", "aggregate"]),
+            Just(vec!["spec", "objective", "warning"]),
+            Just(vec!["spec", "maxAge"]),
+            Just(vec!["metadata"]),
+            Just(vec!["spec"]),
+            Just(vec!["kind"]),
+            Just(vec!["spec", "tenancy"]),
+            Just(vec!["spec", "anomaly"]),
+        ];
+        (fields, value()).prop_map(move |(path, v)| {
+            let mut doc = base.clone();
+            let mut at = &mut doc;
+            for p in &path[..path.len() - 1] {
+                at = &mut at[*p];
+            }
+            at[*path.last().unwrap()] = v;
+            doc
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn generated_documents_exit_0_1_or_2_with_a_message(doc in document(), json in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join(if json { "m.json" } else { "m.yaml" });
+            let text = if json { doc.to_string() } else { serde_saphyr::to_string(&doc).unwrap() };
+            std::fs::write(&f, text).unwrap();
+            let (code, _, err) = evaluate(&["-f", path(&f), "--objects", path(&f)]);
+            prop_assert!(matches!(code, 0..=2), "exit {code}: {err}");
+            if code == 2 {
+                prop_assert!(err.starts_with("error: ") && err.len() > 10, "{err}");
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ pub mod conditions;
 pub mod duration;
 pub mod metric_policy;
 pub mod security_metric;
+pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

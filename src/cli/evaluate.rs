@@ -357,6 +357,9 @@ enum Resource {
 fn parse_resource(doc: Document, default_ns: &str) -> Result<Resource, EvaluateError> {
     let kind = doc.value["kind"].as_str().unwrap_or_default();
     let api_version = doc.value["apiVersion"].as_str().unwrap_or_default();
+    if api_version == "secmetrics.io/v1alpha1" && matches!(kind, "SecurityMetric" | "MetricPolicy") {
+        admit(&doc, kind)?;
+    }
     match (api_version, kind) {
         ("secmetrics.io/v1alpha1", "SecurityMetric") => {
             let mut m: SecurityMetric = parse_typed(&doc, kind)?;
@@ -373,6 +376,22 @@ fn parse_resource(doc: Document, default_ns: &str) -> Result<Resource, EvaluateE
             doc.origin
         ))),
     }
+}
+
+/// Refuses what the API server would refuse: the document validated against the generated CRD
+/// schema (the one the cluster enforces), every violation listed with its field path.
+fn admit(doc: &Document, kind: &str) -> Result<(), EvaluateError> {
+    let (_, violations) = crate::api::validate::validate(kind, &doc.value);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let name = doc.value["metadata"]["name"].as_str().unwrap_or("<unnamed>");
+    let lines: Vec<String> = violations.iter().map(|v| format!("  * {v}")).collect();
+    Err(EvaluateError::Invalid(format!(
+        "{} {kind} {name:?} is invalid (the API server would refuse it):\n{}",
+        doc.origin,
+        lines.join("\n")
+    )))
 }
 
 /// Deserializes `doc` as `kind`, rejecting unknown fields by name (the API server would prune

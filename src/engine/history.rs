@@ -49,8 +49,9 @@ impl CompiledHistory {
         now: Timestamp,
         max_offenders: usize,
     ) -> Measurement {
-        let window_start =
-            now - SignedDuration::try_from(self.source.window.get()).unwrap_or(SignedDuration::MAX);
+        // Checked: a window reaching before the earliest timestamp starts there.
+        let window = SignedDuration::try_from(self.source.window.get()).unwrap_or(SignedDuration::MAX);
+        let window_start = now.checked_sub(window).unwrap_or(Timestamp::MIN);
         let mut selected: Vec<&MetricView<'_>> =
             metrics.iter().filter(|m| self.selects(own_name, m)).collect();
         selected.sort_by(|a, b| a.name.cmp(b.name));
@@ -262,5 +263,32 @@ mod tests {
         let all = compiled("MeanTimeToRecover", None);
         let m = all.measure("mttr", "p", &views, &[], now, 20);
         assert_eq!((m.value, m.population, m.passing), (Some(0.0), 1, 1));
+    }
+
+    #[test]
+    fn the_longest_window_at_the_edges_of_time_never_panics() {
+        let c = |statistic: &str| {
+            CompiledHistory::compile(
+                &serde_json::from_value(json!({"statistic": statistic, "window": "8760h"})).unwrap(),
+            )
+            .unwrap()
+        };
+        let extreme = status(&[
+            (Timestamp::MAX.as_second(), None),
+            (Timestamp::MIN.as_second(), Some(Timestamp::MAX.as_second())),
+        ]);
+        let (sp, labels) = (spec(false), BTreeMap::new());
+        let views = [MetricView { name: "a", labels: &labels, spec: &sp, status: Some(&extreme) }];
+        let act: ActionRecord = serde_json::from_value(json!({
+            "time": Timestamp::MIN.to_string(), "rule": "r", "metric": "a", "action": "Event",
+            "target": "SecurityMetric ns/a", "outcome": "Applied", "dryRun": false
+        }))
+        .unwrap();
+        for statistic in ["MeanTimeToRecover", "BreachCount", "TimeInBreach", "RemediationCount"] {
+            for now in [Timestamp::MIN, Timestamp::MIN + SignedDuration::from_hours(1), Timestamp::MAX] {
+                let m = c(statistic).measure("h", "ns", &views, &[&act], now, 10);
+                assert!(m.value.is_none_or(f64::is_finite), "{statistic} at {now}: {:?}", m.value);
+            }
+        }
     }
 }

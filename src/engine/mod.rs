@@ -72,7 +72,7 @@ pub fn interval(spec: &SecurityMetricSpec) -> std::time::Duration {
 
 /// How old a measurement may be before it is Stale: `maxAge`, default 3 × interval.
 pub fn max_age(spec: &SecurityMetricSpec) -> std::time::Duration {
-    spec.max_age.as_ref().map(|d| d.get()).unwrap_or(interval(spec) * 3)
+    spec.max_age.as_ref().map(|d| d.get()).unwrap_or_else(|| interval(spec).saturating_mul(3))
 }
 
 /// What an evaluation produced.

@@ -83,6 +83,12 @@ fn cooldown_of(rule: &RemediationRule) -> SignedDuration {
     rule.cooldown.as_ref().map(|d| to_signed(d.get())).unwrap_or(DEFAULT_COOLDOWN)
 }
 
+/// `t + d`, or the last representable instant when that is past it (a recorded time near
+/// the end of the range plus a long cooldown must not overflow).
+fn after(t: Timestamp, d: SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(if d.is_negative() { Timestamp::MIN } else { Timestamp::MAX })
+}
+
 fn to_signed(d: std::time::Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
@@ -165,7 +171,7 @@ pub fn plan(
         let mine: Vec<&ActiveRemediation> =
             active.iter().filter(|a| a.rule == rule.name && a.metric == input.metric).collect();
         let state = rule_states.iter().find(|s| s.rule == rule.name && s.metric == input.metric);
-        let cool_until = state.and_then(|s| s.last_action.as_ref()).map(|t| t.0 + cooldown_of(rule));
+        let cool_until = state.and_then(|s| s.last_action.as_ref()).map(|t| after(t.0, cooldown_of(rule)));
         let cooling = cool_until.is_some_and(|t| t > now);
         if input.hold {
             continue;
@@ -264,7 +270,7 @@ pub fn plan(
             }
             triggered => {
                 if let Some(since) = triggered {
-                    plan.recheck_at = earliest(plan.recheck_at, since + for_of(rule));
+                    plan.recheck_at = earliest(plan.recheck_at, after(since, for_of(rule)));
                     // Still in the trigger state (waiting on `for` again after a restart of the
                     // episode): what is active stays.
                     if !mine.is_empty() {
@@ -705,5 +711,39 @@ mod tests {
         assert_eq!(p.revert.len(), 1);
         assert_eq!(p.revert[0].rule, "gone");
         assert!(p.apply.is_empty());
+    }
+
+    #[test]
+    fn the_longest_for_and_cooldown_at_the_end_of_time_never_panic() {
+        let r = rule(serde_json::json!({"when": {"state": "Breached", "for": "8760h"}, "cooldown": "8760h"}));
+        let end = Timestamp::MAX;
+        let last = RuleState {
+            rule: "isolate".into(),
+            metric: "m".into(),
+            last_action: Some(Time(end)),
+            settled_episode: None,
+        };
+        for now in [Timestamp::MIN, t(0), end] {
+            let mut i = input(&r, None, &["a"]);
+            i.triggered = Some(end);
+            let p = plan(
+                Mode::Enforce,
+                &[i],
+                &[active("isolate", "a", 0, false)],
+                std::slice::from_ref(&last),
+                now,
+            );
+            assert!(p.apply.is_empty(), "waiting on for");
+            assert_eq!(p.recheck_at, Some(end), "recheck at the end of time, not a panic");
+            let p = plan(
+                Mode::Enforce,
+                &[input(&r, None, &["a"])],
+                &[active("isolate", "a", 0, false)],
+                std::slice::from_ref(&last),
+                now,
+            );
+            assert_eq!(p.revert.is_empty(), now < end, "cooling down until the end of time");
+        }
+        assert_eq!(after(Timestamp::MIN, SignedDuration::MIN), Timestamp::MIN);
     }
 }
