@@ -68,7 +68,10 @@ fn cluster_role_is_read_only_but_for_status_and_events() {
         );
         match resources.as_slice() {
             ["securitymetrics/status", "metricpolicies/status"] => assert_eq!(verbs, ["patch"]),
-            ["selfsubjectaccessreviews"] => assert_eq!(verbs, ["create"]),
+            // Reviews: its own permissions (Enforce), and a /metrics scraper's token.
+            ["selfsubjectaccessreviews"] | ["tokenreviews"] | ["subjectaccessreviews"] => {
+                assert_eq!(verbs, ["create"])
+            }
             ["events"] => assert_eq!(verbs, ["create", "patch"]),
             _ => assert!(verbs.iter().all(|v| ["get", "list", "watch"].contains(v)), "read-only: {rule}"),
         }
@@ -84,6 +87,47 @@ fn cluster_role_is_read_only_but_for_status_and_events() {
     };
     let rules = find(&docs, "ClusterRole", "secmetrics")["rules"].to_string();
     assert!(rules.contains("vulnerabilityreports"));
+}
+
+#[test]
+fn metrics_need_an_authorised_token_unless_turned_off() {
+    let Some(docs) = render(&[
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.metricsReaders[0].namespace=monitoring",
+        "--set",
+        "monitoring.metricsReaders[0].name=prometheus-k8s",
+    ]) else {
+        return;
+    };
+    let args = find(&docs, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .to_string();
+    assert!(args.contains("--metrics-auth=kubernetes"), "{args}");
+    let rules = find(&docs, "ClusterRole", "secmetrics")["rules"].to_string();
+    assert!(rules.contains("tokenreviews") && rules.contains("\"subjectaccessreviews\""), "{rules}");
+    let reader = find(&docs, "ClusterRole", "secmetrics-metrics-reader");
+    assert_eq!(reader["rules"], serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]));
+    let binding = find(&docs, "ClusterRoleBinding", "secmetrics-metrics-reader");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}])
+    );
+    let monitor = find(&docs, "ServiceMonitor", "secmetrics");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    // Off: no review permissions, no reader role, an open endpoint (restrict it otherwise).
+    let Some(docs) = render(&["--set", "monitoring.metricsAuth=none"]) else { return };
+    let rules = find(&docs, "ClusterRole", "secmetrics")["rules"].to_string();
+    assert!(!rules.contains("tokenreviews") && !rules.contains("\"subjectaccessreviews\""), "{rules}");
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "secmetrics-metrics-reader"));
+    let args = find(&docs, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .to_string();
+    assert!(args.contains("--metrics-auth=none"), "{args}");
+    let refused = template(&["--set", "monitoring.metricsAuth=anyone"]).expect("helm is there");
+    assert!(!refused.status.success(), "the schema refuses other values");
 }
 
 #[test]

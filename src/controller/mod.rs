@@ -66,6 +66,18 @@ pub struct RunArgs {
     /// (cardinality bound); 0 turns them off.
     #[arg(long, default_value_t = 20)]
     pub tenant_series_limit: usize,
+    /// Who may read /metrics: `kubernetes` answers only bearer tokens the API server
+    /// authenticates (TokenReview) and allows `get` on the non-resource URL /metrics
+    /// (SubjectAccessReview); `none` answers anyone who reaches the port.
+    #[arg(long, value_enum, default_value = "kubernetes", env = "SECMETRICS_METRICS_AUTH")]
+    pub metrics_auth: MetricsAuth,
+}
+
+/// Values of `--metrics-auth`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAuth {
+    Kubernetes,
+    None,
 }
 
 fn parse_endpoint(s: &str) -> Result<(String, String), String> {
@@ -99,7 +111,13 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.probe_addr)
         .await
         .with_context(|| format!("binding the probe address {}", args.probe_addr))?;
-    tokio::spawn(crate::http::serve(listener, ready.clone()));
+    let access = match args.metrics_auth {
+        MetricsAuth::Kubernetes => {
+            crate::http::MetricsAccess::Kubernetes(Arc::new(crate::http::Reviewer::new(client.clone())))
+        }
+        MetricsAuth::None => crate::http::MetricsAccess::Open,
+    };
+    tokio::spawn(crate::http::serve(listener, ready.clone(), access));
 
     let identity =
         std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));

@@ -140,11 +140,11 @@ fn charge(function: &str, cost: u64) -> Result<(), ExecutionError> {
     }
 }
 
+/// The error of a function refused before it builds a value over the limits: `what` is
+/// `string` (counted in bytes) or `list` (in items).
 fn too_large(function: &str, what: &str, size: usize, max: usize) -> ExecutionError {
-    ExecutionError::function_error(
-        function,
-        format!("the {what} would have {size} elements, more than {max}"),
-    )
+    let unit = if what == "list" { "items" } else { "bytes" };
+    ExecutionError::function_error(function, format!("the {what} would have {size} {unit}, more than {max}"))
 }
 
 fn string_arg<'a>(function: &str, v: &'a dyn Val) -> Result<&'a str, ExecutionError> {
@@ -195,7 +195,7 @@ fn add<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     } else if let (Some(a), Some(b)) = (l.downcast_ref::<CelBytes>(), r.downcast_ref::<CelBytes>()) {
         let size = a.inner().len() + b.inner().len();
         if size > MAX_STRING_BYTES {
-            return Err(too_large("add", "bytes", size, MAX_STRING_BYTES));
+            return Err(too_large("add", "string", size, MAX_STRING_BYTES));
         }
         charge("add", string_cost(size))?;
     }
@@ -280,7 +280,7 @@ fn format_args<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
         args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(1, a.len()))?;
     let size = deep_size(list.as_ref());
     if size > MAX_STRING_BYTES / 4 {
-        return Err(too_large("format", "arguments' text", size, MAX_STRING_BYTES / 4));
+        return Err(too_large("format", "string", size, MAX_STRING_BYTES / 4));
     }
     charge("format", string_cost(size))?;
     Ok(list)

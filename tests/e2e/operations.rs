@@ -158,3 +158,25 @@ async fn metrics_endpoint_exports_every_series_with_the_values_in_status() {
         assert!(body.lines().any(|l| l.starts_with(line.as_str())), "missing {line} in\n{body}");
     }
 }
+
+/// `/metrics` names every tenant's metrics: it answers only tokens the API server
+/// authenticates and authorises for `get /metrics`; the kubelet's probes stay open.
+#[tokio::test]
+async fn metrics_answer_only_tokens_allowed_to_read_them() {
+    let Some((env, op)) = operator::setup("metrics-auth", &[]).await else { return };
+    let status = |token: Option<&str>| op.get_with_token("/metrics", token).map(|(code, _)| code);
+    // Listening, with no token: 401.
+    eventually("the operator answers 401 without a token", || async { status(None).filter(|c| *c == 401) })
+        .await;
+    assert_eq!(status(Some("not-a-token")), Some(401), "a token the API server does not authenticate");
+    // A real identity without the metrics-reader binding: 403.
+    let stranger = operator::service_account_token(&env.admin_kubeconfig, &env.namespace, "stranger");
+    assert_eq!(status(Some(&stranger)), Some(403));
+    // The chart's metrics-reader ClusterRole, bound to the reader: 200, with the series.
+    let (code, body) = op.get("/metrics").expect("listening");
+    assert_eq!(code, 200);
+    assert!(body.contains("secmetrics_leader"), "{body}");
+    // The probes need no token.
+    assert_eq!(op.get_with_token("/healthz", None).map(|(c, _)| c), Some(200));
+    assert!(matches!(op.get_with_token("/readyz", None).map(|(c, _)| c), Some(200 | 503)));
+}

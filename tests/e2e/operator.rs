@@ -10,6 +10,7 @@ pub struct Operator {
     child: Child,
     log: PathBuf,
     probe: std::net::SocketAddr,
+    admin_kubeconfig: PathBuf,
 }
 
 impl Drop for Operator {
@@ -58,6 +59,9 @@ pub fn install_chart_rbac_with(env: &TestEnv, values: &[&str]) {
             "templates/serviceaccount.yaml",
         ])
         .args(values)
+        // The identity the tests scrape /metrics with (`Operator::get`).
+        .args(["--set", "monitoring.metricsReaders[0].namespace=secmetrics-system"])
+        .args(["--set", &format!("monitoring.metricsReaders[0].name={METRICS_READER}")])
         .output()
         .expect("run helm");
     assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
@@ -113,7 +117,12 @@ pub fn start_with(env: &TestEnv, platform_namespaces: &[&str], replica: &str, ex
     for p in platform_namespaces {
         cmd.arg(format!("--platform-namespace={p}"));
     }
-    Operator { child: cmd.spawn().expect("start operator"), log, probe }
+    Operator {
+        child: cmd.spawn().expect("start operator"),
+        log,
+        probe,
+        admin_kubeconfig: env.admin_kubeconfig.clone(),
+    }
 }
 
 impl Operator {
@@ -125,16 +134,51 @@ impl Operator {
 
     /// GETs `path` from the operator's probe/metrics port: (status code, body); None while it
     /// is not listening.
+    /// `/metrics` is read with the token of a ServiceAccount bound to the chart's
+    /// metrics-reader ClusterRole.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let token = (path == "/metrics").then(|| metrics_reader_token(&self.admin_kubeconfig));
+        self.get_with_token(path, token.as_deref())
+    }
+
+    /// GETs `path` with `token` as its bearer token (none: no Authorization header).
+    pub fn get_with_token(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.probe).ok()?;
-        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes()).ok()?;
+        let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n").as_bytes()).ok()?;
         let mut response = String::new();
         conn.read_to_string(&mut response).ok()?;
         let code = response.split_whitespace().nth(1)?.parse().ok()?;
         let body = response.split_once("\r\n\r\n")?.1.to_string();
         Some((code, body))
     }
+}
+
+/// The ServiceAccount (in secmetrics-system) the chart's RBAC lets read /metrics in e2e tests.
+pub const METRICS_READER: &str = "e2e-metrics-reader";
+
+/// A token of `namespace/name` (created if missing), from the TokenRequest API.
+pub fn service_account_token(admin_kubeconfig: &std::path::Path, namespace: &str, name: &str) -> String {
+    let kubectl = |args: &[&str]| {
+        Command::new(bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(admin_kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    let _ = kubectl(&["create", "namespace", namespace]);
+    let _ = kubectl(&["-n", namespace, "create", "serviceaccount", name]);
+    let out = kubectl(&["-n", namespace, "create", "token", name, "--duration", "1h"]);
+    assert!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("token").trim().to_string()
+}
+
+/// The metrics reader's token, requested once per test binary.
+fn metrics_reader_token(admin_kubeconfig: &std::path::Path) -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| service_account_token(admin_kubeconfig, "secmetrics-system", METRICS_READER)).clone()
 }
 
 /// A test namespace with the CRDs and the chart's RBAC installed and an operator running:
