@@ -19,8 +19,9 @@ use promql_parser::parser::{self, Expr, VectorSelector};
 pub const MAX_QUERY_BYTES: usize = 8192;
 /// Deepest nesting of brackets (`(`, `[`, `{`) accepted.
 pub const MAX_NESTING: usize = 32;
-/// Most operators (and operator keywords) accepted: with [`MAX_NESTING`] this bounds the
-/// syntax tree's depth, hence the recursion of parsing, rewriting and printing.
+/// Most operators (and operator keywords, and ranges/subqueries `[...]`) accepted: with
+/// [`MAX_NESTING`] this bounds the syntax tree's depth, hence the recursion of parsing,
+/// rewriting and printing.
 pub const MAX_OPERATORS: usize = 128;
 
 /// Why a query was refused (the message a metric's condition carries).
@@ -88,6 +89,8 @@ fn check_bounds(query: &str) -> Result<(), Refused> {
             }
             b'(' | b'[' | b'{' => {
                 depth += 1;
+                // A subquery (`[range:step]`) nests without a bracket staying open.
+                operators += usize::from(b == b'[');
                 braces += usize::from(b == b'{');
                 if depth > MAX_NESTING {
                     return Err(refused(format!("the query nests deeper than {MAX_NESTING} brackets")));
@@ -337,6 +340,15 @@ mod tests {
         assert!(refuse(&unary).contains("operators"));
         let keywords = format!("x{}", " or x".repeat(200));
         assert!(refuse(&keywords).contains("operators"));
+        // Chains that nest without brackets staying open or operators: refused or bounded.
+        for chain in [
+            format!("x{}", "[5m:]".repeat(1600)),
+            format!("x{}", " offset 1m".repeat(800)),
+            format!("x{}", " @ 1".repeat(2000)),
+            format!("rate(x[5m]){}", "[5m:1m]".repeat(1000)),
+        ] {
+            assert!(enforce_label(&chain, "namespace", NS).is_err(), "{}...", &chain[..40]);
+        }
         // Brackets inside strings do not count; at the bounds the query still works.
         let deep = format!("{}x{}", "(".repeat(MAX_NESTING - 1), ")".repeat(MAX_NESTING - 1));
         confined(&enforce(&deep), 1);
