@@ -826,4 +826,37 @@ fn prometheus_endpoints_and_auth_secrets_are_exact_and_opt_in() {
     );
     let args = &find(&docs, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"];
     assert!(args.as_array().unwrap().iter().any(|a| a == "--prometheus-endpoint=main=http://prom:9090"));
+    assert!(
+        !args.as_array().unwrap().iter().any(|a| a.as_str().unwrap().starts_with("--prometheus-tenant-safe"))
+    );
+    assert!(args.as_array().unwrap().iter().any(|a| a == "--prometheus-max-timeout=10s"));
+}
+
+#[test]
+fn prometheus_endpoints_are_tenant_safe_only_when_marked() {
+    let Some(docs) = render(&[
+        "--set",
+        "prometheus.endpoints.main=http://prom:9090,prometheus.endpoints.t.url=http://t:9090,prometheus.endpoints.t.tenantSafe=true,prometheus.endpoints.l.url=http://l:9090,prometheus.endpoints.l.tenantSafe=true,prometheus.endpoints.l.namespaceLabel=kubernetes_namespace,prometheus.endpoints.o.url=http://o:9090,prometheus.maxTimeout=3s",
+    ]) else {
+        return;
+    };
+    let args = &find(&docs, "Deployment", "secmetrics")["spec"]["template"]["spec"]["containers"][0]["args"];
+    let prometheus: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().filter(|a| a.starts_with("--prometheus")))
+        .collect();
+    assert_eq!(
+        prometheus,
+        [
+            "--prometheus-endpoint=l=http://l:9090",
+            "--prometheus-tenant-safe-endpoint=l=kubernetes_namespace",
+            "--prometheus-endpoint=main=http://prom:9090",
+            "--prometheus-endpoint=o=http://o:9090",
+            "--prometheus-endpoint=t=http://t:9090",
+            "--prometheus-tenant-safe-endpoint=t=namespace",
+            "--prometheus-max-timeout=3s",
+        ]
+    );
 }

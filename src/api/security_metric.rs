@@ -268,16 +268,21 @@ pub enum Aggregate {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.address) != has(self.endpointRef)").message("exactly one of source.prometheus.address, source.prometheus.endpointRef must be set"))]
+#[x_kube(validation = Rule::new("!has(self.timeout) || duration(self.timeout) <= duration('30s')").message("source.prometheus.timeout may be at most 30s"))]
 pub struct PrometheusSource {
     /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`. Only
     /// metrics in platform namespaces may name an address; others use `endpointRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// Name of a Prometheus endpoint the platform team defined (operator flag
-    /// `--prometheus-endpoint name=url`, Helm value `prometheus.endpoints`).
+    /// `--prometheus-endpoint name=url`, Helm value `prometheus.endpoints`). Metrics outside
+    /// the platform namespaces may name only endpoints the platform marked tenant-safe
+    /// (`--prometheus-tenant-safe-endpoint`), and their query then sees only series of their
+    /// own namespace (the namespace label is enforced on every selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_ref: Option<String>,
-    /// How long the query may take (default 10s).
+    /// How long the query may take (default 10s, at most 30s). The platform caps it lower
+    /// with the operator flag `--prometheus-max-timeout` (Helm value `prometheus.maxTimeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Credentials from a Secret in the metric's namespace (platform namespaces only; the
@@ -290,7 +295,8 @@ pub struct PrometheusSource {
     /// PromQL returning an instant vector or a scalar.
     #[schemars(length(min = 1, max = 8192))]
     pub query: String,
-    /// Series label carrying the tenant, for the per-tenant breakdown.
+    /// Series label carrying the tenant, for the per-tenant breakdown. Outside the platform
+    /// namespaces, series naming another tenant than the metric's own are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_label: Option<String>,
 }

@@ -62,6 +62,15 @@ pub struct RunArgs {
     /// `name=url` (repeatable). Metrics outside the platform namespaces can only use these.
     #[arg(long = "prometheus-endpoint", env = "SECMETRICS_PROMETHEUS_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint)]
     pub prometheus_endpoints: Vec<(String, String)>,
+    /// Marks a `--prometheus-endpoint` tenant-safe, as `name` or `name=label` (repeatable):
+    /// metrics outside the platform namespaces may query it, and every selector of their
+    /// queries is confined to their namespace on `label` (default `namespace`), as
+    /// prom-label-proxy does. Tenant metrics cannot use endpoints not marked so.
+    #[arg(long = "prometheus-tenant-safe-endpoint", env = "SECMETRICS_PROMETHEUS_TENANT_SAFE_ENDPOINTS", value_delimiter = ',', value_parser = parse_tenant_safe)]
+    pub prometheus_tenant_safe_endpoints: Vec<(String, String)>,
+    /// Longest any Prometheus query may take, whatever a metric's `timeout` asks.
+    #[arg(long, env = "SECMETRICS_PROMETHEUS_MAX_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub prometheus_max_timeout: Duration,
     /// Metrics with more tenants than this export no per-tenant Prometheus series
     /// (cardinality bound); 0 turns them off.
     #[arg(long, default_value_t = 20)]
@@ -88,6 +97,38 @@ fn parse_endpoint(s: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), url.to_string()))
 }
 
+fn parse_tenant_safe(s: &str) -> Result<(String, String), String> {
+    let (name, label) = s.split_once('=').unwrap_or((s, crate::sources::prometheus::DEFAULT_NAMESPACE_LABEL));
+    if name.is_empty() {
+        return Err("expected name or name=label".into());
+    }
+    if !crate::sources::promql::is_label_name(label) || label == "__name__" {
+        return Err(format!("{label:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"));
+    }
+    Ok((name.to_string(), label.to_string()))
+}
+
+/// The endpoints by name, tenant-safe ones with their namespace label; an endpoint marked
+/// tenant-safe must be defined.
+fn prometheus_endpoints(
+    args: &RunArgs,
+) -> anyhow::Result<std::collections::HashMap<String, crate::sources::prometheus::Endpoint>> {
+    let mut endpoints: std::collections::HashMap<_, _> = args
+        .prometheus_endpoints
+        .iter()
+        .map(|(name, url)| {
+            (name.clone(), crate::sources::prometheus::Endpoint { url: url.clone(), namespace_label: None })
+        })
+        .collect();
+    for (name, label) in &args.prometheus_tenant_safe_endpoints {
+        let endpoint = endpoints.get_mut(name).with_context(|| {
+            format!("--prometheus-tenant-safe-endpoint {name}: no --prometheus-endpoint named {name}")
+        })?;
+        endpoint.namespace_label = Some(label.clone());
+    }
+    Ok(endpoints)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::api::duration::Duration::parse(s).map(|d| d.get()).map_err(|e| e.to_string())
 }
@@ -95,6 +136,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_level);
+    let prometheus_endpoints = prometheus_endpoints(&args)?;
     if args.platform_namespaces.is_empty() {
         args.platform_namespaces.push(args.namespace.clone());
     }
@@ -141,7 +183,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         evaluation_budget: args.evaluation_budget,
         leadership: leadership.clone(),
         ready: ready.clone(),
-        prometheus_endpoints: args.prometheus_endpoints.iter().cloned().collect(),
+        prometheus_endpoints,
+        prometheus_max_timeout: args.prometheus_max_timeout,
     };
     let policy_settings = metric_policy::Settings {
         platform_namespaces: args.platform_namespaces.clone(),
@@ -172,5 +215,52 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(["secmetrics"].iter().chain(extra)).map(|c| c.run)
+    }
+
+    #[test]
+    fn endpoints_are_tenant_safe_only_when_marked() {
+        let a = args(&[
+            "--prometheus-endpoint=main=http://prom:9090",
+            "--prometheus-endpoint=t=http://t:9090",
+            "--prometheus-endpoint=l=http://l:9090",
+            "--prometheus-tenant-safe-endpoint=t",
+            "--prometheus-tenant-safe-endpoint=l=kubernetes_namespace",
+        ])
+        .unwrap();
+        let endpoints = prometheus_endpoints(&a).unwrap();
+        let label = |n: &str| endpoints[n].namespace_label.clone();
+        assert_eq!(label("main"), None);
+        assert_eq!(label("t").as_deref(), Some("namespace"));
+        assert_eq!(label("l").as_deref(), Some("kubernetes_namespace"));
+        assert_eq!(a.prometheus_max_timeout, Duration::from_secs(10));
+        // A tenant-safe mark needs a defined endpoint and a plain label name.
+        let a = args(&["--prometheus-tenant-safe-endpoint=missing"]).unwrap();
+        assert!(
+            prometheus_endpoints(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("no --prometheus-endpoint named missing")
+        );
+        assert!(args(&["--prometheus-tenant-safe-endpoint=t=bad-label"]).is_err());
+        assert!(args(&["--prometheus-tenant-safe-endpoint=t=__name__"]).is_err());
+        let a = args(&["--prometheus-max-timeout=3s"]).unwrap();
+        assert_eq!(a.prometheus_max_timeout, Duration::from_secs(3));
     }
 }

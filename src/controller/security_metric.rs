@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::metric_policy::ActionRecord;
-use crate::api::security_metric::{MetricState, PrometheusSource, SecurityMetricSpec, SecurityMetricStatus};
+use crate::api::security_metric::{
+    DEFAULT_TENANT_LABEL, MetricState, PrometheusSource, SecurityMetricSpec, SecurityMetricStatus,
+};
 use crate::api::{MetricPolicy, SecurityMetric};
 use crate::engine::policy::MetricView;
 use crate::engine::{
@@ -50,7 +52,9 @@ pub struct Settings {
     /// Whether this replica may write.
     pub leadership: Leadership,
     /// Prometheus endpoints defined by the platform team, by name (`endpointRef`).
-    pub prometheus_endpoints: HashMap<String, String>,
+    pub prometheus_endpoints: HashMap<String, prometheus::Endpoint>,
+    /// Longest one Prometheus query may take, whatever the metric asks.
+    pub prometheus_max_timeout: Duration,
     /// Set once the SecurityMetrics are listed and every observed kind has synced (or failed).
     pub ready: Arc<AtomicBool>,
 }
@@ -100,6 +104,8 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
     }
     let mut metric_events = watcher(metrics_api, config).default_backoff().applied_or_deleted().boxed();
     let mut entries: HashMap<(String, String), Entry> = HashMap::new();
+    // Prometheus answers arrive here from their own tasks: a slow server delays only its metric.
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
     // History metrics read the others' records: not before all of them are known.
     let mut metrics_listed = false;
     // MetricPolicies' recorded actions feed `history` metrics (RemediationCount).
@@ -138,6 +144,15 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                 None => return,
             },
             Some(change) = changes.recv() => on_change(&mut entries, change, settings.debounce),
+            Some(answer) = answers.recv() => {
+                // An answer to a since-changed source is dropped (the new one is queried).
+                let current = |e: &&mut Entry| {
+                    matches!(&e.compiled, Ok(CompiledSource::Prometheus(p)) if **p == answer.source)
+                };
+                if let Some(entry) = entries.get_mut(&answer.key).filter(current) {
+                    evaluate(&client, &recorder, &observed, entry, &settings, None, Some(answer.outcome)).await;
+                }
+            }
             _ = tokio::time::sleep_until(next_due) => {
                 let now = Instant::now();
                 if !settings.leadership.is_leader() {
@@ -148,13 +163,11 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
                     }
                     continue;
                 }
-                let due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
+                let mut due: Vec<_> = entries.iter().filter(|(_, e)| e.due <= now).map(|(k, _)| k.clone()).collect();
+                due.retain(|key| !start_prometheus_query(&client, &mut entries, key, &settings, &observed, &answers_tx));
                 let mut full = evaluate_full_in_groups(&entries, &due, &observed, settings.evaluation_budget);
-                let mut queried = query_prometheus(&client, &entries, &due, &settings).await;
                 for key in due {
-                    let computed = queried
-                        .remove(&key)
-                        .or_else(|| metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten());
+                    let computed = metrics_listed.then(|| history_outcome(&entries, &key, &policies)).flatten();
                     if let Some(entry) = entries.get_mut(&key) {
                         let precomputed = full.remove(&key);
                         evaluate(&client, &recorder, &observed, entry, &settings, precomputed, computed).await;
@@ -173,36 +186,79 @@ pub async fn run(client: Client, settings: Settings, recorder: Recorder) {
     }
 }
 
-/// Queries Prometheus for the due `prometheus` metrics, concurrently, each within its
-/// timeout: a slow server delays this round by at most the longest timeout.
-async fn query_prometheus(
+/// A Prometheus answer for a metric, with the source it was asked for.
+struct Answer {
+    key: (String, String),
+    source: PrometheusSource,
+    outcome: Outcome,
+}
+
+/// Starts the query of `key` if it is a `prometheus` metric, on a task of its own that sends
+/// its answer to `answers` within the metric's timeout (at most the platform's cap, Secrets
+/// included): one slow server delays only its own metrics, never the loop. Returns whether a
+/// query was started (the metric is evaluated when its answer arrives).
+fn start_prometheus_query(
     client: &Client,
-    entries: &HashMap<(String, String), Entry>,
-    due: &[(String, String)],
+    entries: &mut HashMap<(String, String), Entry>,
+    key: &(String, String),
     settings: &Settings,
-) -> HashMap<(String, String), Outcome> {
-    let queries = due.iter().filter_map(|key| {
-        let e = entries.get(key)?;
-        let Ok(CompiledSource::Prometheus(p)) = &e.compiled else { return None };
-        let platform = matches!(e.visibility, Visibility::Cluster);
-        let address = prometheus::resolve_address(
-            p.address.as_deref(),
-            p.endpoint_ref.as_deref(),
-            platform,
-            &settings.prometheus_endpoints,
-        );
-        let timeout = p.timeout.as_ref().map(|t| t.get()).unwrap_or(prometheus::DEFAULT_TIMEOUT);
-        Some(async move {
-            let outcome = match (address, credentials(client, &e.namespace, p, platform).await) {
-                (Ok(address), Ok(c)) => {
-                    prometheus::query(&address, &p.query, p.tenant_label.as_deref(), timeout, &c).await
-                }
-                (Err(refused), _) | (_, Err(refused)) => refused,
-            };
-            (key.clone(), outcome)
-        })
+    observed: &Observed,
+    answers: &mpsc::UnboundedSender<Answer>,
+) -> bool {
+    let Some(e) = entries.get_mut(key) else { return false };
+    let Ok(CompiledSource::Prometheus(p)) = &e.compiled else { return false };
+    let source = (**p).clone();
+    let platform = matches!(e.visibility, Visibility::Cluster);
+    let timeout = prometheus::effective_timeout(
+        source.timeout.as_ref().map(|t| t.get()),
+        settings.prometheus_max_timeout,
+    );
+    // Not due again while the query runs; its answer sets the next time (this only guards
+    // against an answer that never comes).
+    e.due = Instant::now() + timeout + Duration::from_secs(5);
+    let prepared = prometheus::resolve(
+        source.address.as_deref(),
+        source.endpoint_ref.as_deref(),
+        platform,
+        &settings.prometheus_endpoints,
+    )
+    .and_then(|target| prometheus::confine(&source.query, &target, &e.namespace).map(|q| (target, q)));
+    // A tenant metric's breakdown keeps only its own tenant (its namespace's).
+    let own_tenant = (!platform && source.tenant_label.is_some()).then(|| {
+        let label = e.spec.tenancy.as_ref().map(|t| t.tenant_label.as_str()).unwrap_or(DEFAULT_TENANT_LABEL);
+        let index = observed.snapshot();
+        index
+            .namespace(&e.namespace)
+            .map(|ns| ns.tenant(label).to_string())
+            .unwrap_or_else(|| e.namespace.clone())
     });
-    futures::future::join_all(queries).await.into_iter().collect()
+    let (client, namespace, key, answers) =
+        (client.clone(), e.namespace.clone(), key.clone(), answers.clone());
+    tokio::spawn(async move {
+        let deadline = Instant::now() + timeout;
+        let outcome = match prepared {
+            Err(refused) => refused,
+            Ok((target, promql)) => {
+                let read =
+                    tokio::time::timeout_at(deadline, credentials(&client, &namespace, &source, platform));
+                match read.await {
+                    Err(_) => Outcome::SourceUnavailable {
+                        reason: "SecretNotReadable".into(),
+                        message: format!(
+                            "reading the credentials took longer than the query's timeout ({timeout:?})"
+                        ),
+                    },
+                    Ok(Err(refused)) => refused,
+                    Ok(Ok(c)) => {
+                        let (label, own) = (source.tenant_label.as_deref(), own_tenant.as_deref());
+                        prometheus::query(&target.address, &promql, label, own, timeout, deadline, &c).await
+                    }
+                }
+            }
+        };
+        let _ = answers.send(Answer { key, source, outcome });
+    });
+    true
 }
 
 /// The credentials a `prometheus` metric names, read from Secrets in its namespace. Only

@@ -2,3 +2,4 @@
 
 pub mod kubernetes;
 pub mod prometheus;
+pub mod promql;

@@ -28,36 +28,108 @@ fn unavailable(reason: &str, message: impl Into<String>) -> Outcome {
     Outcome::SourceUnavailable { reason: reason.into(), message: message.into() }
 }
 
+/// A Prometheus endpoint the platform defined (`--prometheus-endpoint name=url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Base URL of the HTTP API.
+    pub url: String,
+    /// Set when the platform marked the endpoint tenant-safe
+    /// (`--prometheus-tenant-safe-endpoint name[=label]`): the series label that carries the
+    /// namespace there. Only tenant-safe endpoints serve metrics outside platform namespaces.
+    pub namespace_label: Option<String>,
+}
+
+/// The namespace label of a tenant-safe endpoint unless the platform names another.
+pub const DEFAULT_NAMESPACE_LABEL: &str = "namespace";
+
+/// Where a metric's query goes and how it is confined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Base URL, without a trailing slash.
+    pub address: String,
+    /// For a tenant metric, the label its namespace is enforced on (see [`confine`]); None
+    /// for platform metrics, whose queries are sent as written.
+    pub namespace_label: Option<String>,
+}
+
 /// Where a metric's query goes: its address or the platform endpoint it names. Metrics
-/// outside the platform namespaces may only use platform endpoints (no arbitrary URLs: SSRF).
-pub fn resolve_address(
+/// outside the platform namespaces may only use platform endpoints (no arbitrary URLs: SSRF)
+/// that the platform marked tenant-safe (their queries are confined to their namespace).
+pub fn resolve(
     address: Option<&str>,
     endpoint_ref: Option<&str>,
     platform: bool,
-    endpoints: &HashMap<String, String>,
-) -> Result<String, Outcome> {
+    endpoints: &HashMap<String, Endpoint>,
+) -> Result<Target, Outcome> {
     match (address, endpoint_ref) {
-        (Some(a), None) if platform => Ok(a.trim_end_matches('/').to_string()),
+        (Some(a), None) if platform => {
+            Ok(Target { address: a.trim_end_matches('/').to_string(), namespace_label: None })
+        }
         (Some(_), None) => Err(unavailable(
             "AddressNotAllowed",
             "only metrics in platform namespaces may set source.prometheus.address; use endpointRef to a platform-defined endpoint",
         )),
         (None, Some(name)) => {
-            endpoints.get(name).map(|u| u.trim_end_matches('/').to_string()).ok_or_else(|| {
+            let Some(endpoint) = endpoints.get(name) else {
                 let mut known: Vec<&str> = endpoints.keys().map(String::as_str).collect();
                 known.sort();
-                unavailable(
+                return Err(unavailable(
                     "EndpointNotFound",
                     format!("no Prometheus endpoint named {name:?} is defined (known: {})", known.join(", ")),
-                )
-            })
+                ));
+            };
+            let address = endpoint.url.trim_end_matches('/').to_string();
+            if platform {
+                return Ok(Target { address, namespace_label: None });
+            }
+            match &endpoint.namespace_label {
+                Some(label) => Ok(Target { address, namespace_label: Some(label.clone()) }),
+                None => {
+                    let mut safe: Vec<&str> = endpoints
+                        .iter()
+                        .filter(|(_, e)| e.namespace_label.is_some())
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    safe.sort();
+                    Err(unavailable(
+                        "EndpointNotTenantSafe",
+                        format!(
+                            "the Prometheus endpoint {name:?} is not marked tenant-safe by the platform, so metrics outside the platform namespaces may not query it (tenant-safe: {}); no query was sent",
+                            if safe.is_empty() { "none".to_string() } else { safe.join(", ") }
+                        ),
+                    ))
+                }
+            }
         }
         _ => Err(unavailable("InvalidSource", "exactly one of address and endpointRef must be set")),
     }
 }
 
+/// The query sent for a metric in `namespace`: as written for platform metrics; for tenant
+/// metrics, with `<namespace label>="<namespace>"` enforced on every selector, or refused
+/// (`QueryNotConfined`) when that cannot be done with certainty.
+pub fn confine(promql: &str, target: &Target, namespace: &str) -> Result<String, Outcome> {
+    match &target.namespace_label {
+        None => Ok(promql.to_string()),
+        Some(label) => super::promql::enforce_label(promql, label, namespace).map_err(|e| {
+            unavailable(
+                "QueryNotConfined",
+                format!("the query cannot be confined to namespace {namespace:?} ({label} label), so it was not sent: {e}"),
+            )
+        }),
+    }
+}
+
+/// How long a query may take: what the metric asks (default [`DEFAULT_TIMEOUT`]), at most
+/// the platform's `cap`.
+pub fn effective_timeout(requested: Option<Duration>, cap: Duration) -> Duration {
+    requested.unwrap_or(DEFAULT_TIMEOUT).min(cap)
+}
+
 /// The outcome of Prometheus' answer (`status` is the HTTP status, `body` the response).
-pub fn measure(status: u16, body: &[u8], tenant_label: Option<&str>) -> Outcome {
+/// With `own_tenant` (tenant metrics), series whose `tenant_label` names another tenant are
+/// dropped: they count neither in the value nor in the breakdown.
+pub fn measure(status: u16, body: &[u8], tenant_label: Option<&str>, own_tenant: Option<&str>) -> Outcome {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     // Prometheus answers errors (400 bad_data, 422 execution) with a JSON body naming them.
     if let Some(v) = &parsed
@@ -94,7 +166,10 @@ pub fn measure(status: u16, body: &[u8], tenant_label: Option<&str>) -> Outcome 
             Err(o) => o,
         },
         Some("vector") => {
-            let series = data["result"].as_array().cloned().unwrap_or_default();
+            let mut series = data["result"].as_array().cloned().unwrap_or_default();
+            if let (Some(label), Some(own)) = (tenant_label, own_tenant) {
+                series.retain(|s| s["metric"][label].as_str().is_none_or(|t| t == own));
+            }
             let mut total = 0.0;
             let mut tenants: BTreeMap<String, Option<f64>> = BTreeMap::new();
             for s in &series {
@@ -190,12 +265,15 @@ fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// Runs `promql` against `address` within `timeout`.
+/// Runs `promql` against `address`, answering by `deadline` (the end of the metric's
+/// `timeout`, which started before the credentials were read).
 pub async fn query(
     address: &str,
     promql: &str,
     tenant_label: Option<&str>,
+    own_tenant: Option<&str>,
     timeout: Duration,
+    deadline: tokio::time::Instant,
     credentials: &Credentials,
 ) -> Outcome {
     let encoded: String = form_urlencoded(promql);
@@ -229,7 +307,7 @@ pub async fn query(
         Ok(r) => r,
         Err(e) => return unavailable("InvalidAddress", e.to_string()),
     };
-    let answer = tokio::time::timeout(timeout, async {
+    let answer = tokio::time::timeout_at(deadline, async {
         let response = client.request(request).await.map_err(|e| error_chain(&e))?;
         let status = response.status().as_u16();
         let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
@@ -241,7 +319,7 @@ pub async fn query(
     })
     .await;
     match answer {
-        Ok(Ok((status, body))) => measure(status, &body, tenant_label),
+        Ok(Ok((status, body))) => measure(status, &body, tenant_label, own_tenant),
         Ok(Err(e)) => unavailable("PrometheusUnreachable", format!("{address}: {e}")),
         Err(_) => unavailable("PrometheusUnreachable", format!("{address}: no answer within {timeout:?}")),
     }
@@ -280,7 +358,7 @@ mod tests {
     #[test]
     fn a_scalar_is_the_value() {
         let body = br#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"42.5"]}}"#;
-        assert_eq!(measured(measure(200, body, None)).value, Some(42.5));
+        assert_eq!(measured(measure(200, body, None, None)).value, Some(42.5));
     }
 
     #[test]
@@ -290,7 +368,7 @@ mod tests {
             {"metric":{"tenant":"a","code":"403"},"value":[1,"1"]},
             {"metric":{"tenant":"b"},"value":[1,"4"]},
             {"metric":{},"value":[1,"2"]}]}}"#;
-        let m = measured(measure(200, body, Some("tenant")));
+        let m = measured(measure(200, body, Some("tenant"), None));
         assert_eq!((m.value, m.population), (Some(10.0), 4));
         assert_eq!(m.tenants, BTreeMap::from([("a".into(), Some(4.0)), ("b".into(), Some(4.0))]));
     }
@@ -298,37 +376,110 @@ mod tests {
     #[test]
     fn an_empty_result_is_no_data_not_zero() {
         let body = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
-        assert_eq!(measured(measure(200, body, None)).value, None);
+        assert_eq!(measured(measure(200, body, None, None)).value, None);
     }
 
     #[test]
     fn errors_carry_prometheus_words() {
         let body = br#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error: unexpected <by>"}"#;
-        let (r, m) = reason(measure(400, body, None));
+        let (r, m) = reason(measure(400, body, None, None));
         assert_eq!(r, "PrometheusQueryError");
         assert!(m.contains("parse error: unexpected <by>"), "{m}");
-        let (r, m) = reason(measure(503, b"Service Unavailable", None));
+        let (r, m) = reason(measure(503, b"Service Unavailable", None, None));
         assert_eq!((r.as_str(), m.as_str()), ("PrometheusHttpError", "HTTP 503: Service Unavailable"));
         let body = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert_eq!(reason(measure(200, body, None)).0, "UnsupportedResult");
+        assert_eq!(reason(measure(200, body, None, None)).0, "UnsupportedResult");
         let body = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#;
-        assert_eq!(reason(measure(200, body, None)).0, "NonNumericValue");
+        assert_eq!(reason(measure(200, body, None, None)).0, "NonNumericValue");
         let body = br#"{"status":"success","data":{"resultType":"scalar","result":[1,"+Inf"]}}"#;
-        assert_eq!(reason(measure(200, body, None)).0, "NonNumericValue");
+        assert_eq!(reason(measure(200, body, None, None)).0, "NonNumericValue");
+    }
+
+    fn endpoints() -> HashMap<String, Endpoint> {
+        HashMap::from([
+            ("main".to_string(), Endpoint { url: "http://prom:9090/".into(), namespace_label: None }),
+            (
+                "tenants".to_string(),
+                Endpoint {
+                    url: "http://tenant-prom:9090".into(),
+                    namespace_label: Some("kubernetes_namespace".into()),
+                },
+            ),
+        ])
     }
 
     #[test]
-    fn tenants_may_only_use_platform_endpoints() {
-        let endpoints = HashMap::from([("main".to_string(), "http://prom:9090/".to_string())]);
-        assert_eq!(resolve_address(Some("http://x:9090"), None, true, &endpoints).unwrap(), "http://x:9090");
+    fn tenants_may_only_use_tenant_safe_platform_endpoints() {
+        let endpoints = endpoints();
+        let target = |address: &str, label: Option<&str>| Target {
+            address: address.into(),
+            namespace_label: label.map(String::from),
+        };
         assert_eq!(
-            reason(resolve_address(Some("http://x:9090"), None, false, &endpoints).unwrap_err()).0,
+            resolve(Some("http://x:9090"), None, true, &endpoints).unwrap(),
+            target("http://x:9090", None)
+        );
+        assert_eq!(
+            reason(resolve(Some("http://x:9090"), None, false, &endpoints).unwrap_err()).0,
             "AddressNotAllowed"
         );
-        assert_eq!(resolve_address(None, Some("main"), false, &endpoints).unwrap(), "http://prom:9090");
-        let (r, m) = reason(resolve_address(None, Some("other"), false, &endpoints).unwrap_err());
+        // Platform metrics use any endpoint, queries unchanged.
+        assert_eq!(resolve(None, Some("main"), true, &endpoints).unwrap(), target("http://prom:9090", None));
+        assert_eq!(
+            resolve(None, Some("tenants"), true, &endpoints).unwrap(),
+            target("http://tenant-prom:9090", None)
+        );
+        // Tenant metrics only the tenant-safe ones, confined on the endpoint's label.
+        assert_eq!(
+            resolve(None, Some("tenants"), false, &endpoints).unwrap(),
+            target("http://tenant-prom:9090", Some("kubernetes_namespace"))
+        );
+        let (r, m) = reason(resolve(None, Some("main"), false, &endpoints).unwrap_err());
+        assert_eq!(r, "EndpointNotTenantSafe");
+        assert_eq!(
+            m,
+            "the Prometheus endpoint \"main\" is not marked tenant-safe by the platform, so metrics outside the platform namespaces may not query it (tenant-safe: tenants); no query was sent"
+        );
+        let (r, m) = reason(resolve(None, Some("other"), false, &endpoints).unwrap_err());
         assert_eq!(r, "EndpointNotFound");
-        assert!(m.contains("known: main"), "{m}");
+        assert!(m.contains("known: main, tenants"), "{m}");
+    }
+
+    #[test]
+    fn tenant_queries_are_confined_and_platform_queries_unchanged() {
+        let platform = Target { address: "http://p".into(), namespace_label: None };
+        assert_eq!(confine("sum(x)", &platform, "team-a").unwrap(), "sum(x)");
+        let tenant = Target { address: "http://p".into(), namespace_label: Some("namespace".into()) };
+        assert_eq!(
+            confine(r#"sum(x{namespace="other"})"#, &tenant, "team-a").unwrap(),
+            r#"sum(x{namespace="team-a"})"#
+        );
+        let (r, m) = reason(confine("sum(x", &tenant, "team-a").unwrap_err());
+        assert_eq!(r, "QueryNotConfined");
+        assert!(m.contains("not sent"), "{m}");
+    }
+
+    #[test]
+    fn foreign_tenants_are_dropped_for_tenant_metrics() {
+        let body = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"tenant":"a"},"value":[1,"3"]},
+            {"metric":{"tenant":"b"},"value":[1,"4"]},
+            {"metric":{},"value":[1,"2"]}]}}"#;
+        let m = measured(measure(200, body, Some("tenant"), Some("a")));
+        assert_eq!((m.value, m.population), (Some(5.0), 2));
+        assert_eq!(m.tenants, BTreeMap::from([("a".into(), Some(3.0))]));
+        let m = measured(measure(200, body, Some("tenant"), Some("c")));
+        assert_eq!((m.value, m.population), (Some(2.0), 1));
+        assert!(m.tenants.is_empty());
+    }
+
+    #[test]
+    fn the_platform_caps_timeouts() {
+        let cap = Duration::from_secs(10);
+        assert_eq!(effective_timeout(None, cap), DEFAULT_TIMEOUT);
+        assert_eq!(effective_timeout(Some(Duration::from_secs(2)), cap), Duration::from_secs(2));
+        assert_eq!(effective_timeout(Some(Duration::from_secs(30)), cap), cap);
+        assert_eq!(effective_timeout(None, Duration::from_secs(3)), Duration::from_secs(3));
     }
 
     #[test]

@@ -24,6 +24,11 @@ e2e_requests_total{tenant=\"b\",code=\"401\"} 4\n";
 
 /// Serves SERIES on /metrics from a thread, for as long as the test runs.
 fn exporter() -> SocketAddr {
+    exporter_of(SERIES.to_string())
+}
+
+/// Serves `series` on /metrics from a thread, for as long as the test runs.
+fn exporter_of(series: String) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -32,8 +37,8 @@ fn exporter() -> SocketAddr {
             let mut buf = [0u8; 2048];
             let _ = conn.read(&mut buf);
             let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{SERIES}",
-                SERIES.len()
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{series}",
+                series.len()
             );
             let _ = conn.write_all(response.as_bytes());
         }
@@ -293,4 +298,169 @@ async fn prometheus_behind_tls_and_basic_auth_is_queried_with_credentials_from_s
     let (_, reason, message) = condition(&s, "SourceAvailable");
     assert_eq!(reason, "PrometheusUnreachable", "{message}");
     assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
+
+/// A tenant's metrics through a tenant-safe endpoint see only their own namespace's series,
+/// whatever their PromQL asks; an endpoint the platform did not mark tenant-safe is refused
+/// before any query; foreign tenantLabel values are dropped. Platform metrics are unchanged.
+#[tokio::test]
+async fn tenant_queries_are_confined_to_their_namespace() {
+    let Some(env) = crate::harness::setup("prom-tenant").await else { return };
+    env.install_crds().await;
+    operator::install_chart_rbac(&env);
+    let ns = env.namespace.clone();
+    let tenant_ns = format!("{ns}-t");
+    env.create_namespace(&tenant_ns, &[]).await;
+    let _guard = NamespaceGuard::new(&env, &tenant_ns);
+    // Two series in the tenant's namespace (one claiming another tenant), one of a victim.
+    let series = format!(
+        "# TYPE e2e_tenant_requests counter\n\
+         e2e_tenant_requests_total{{namespace=\"{tenant_ns}\",tenant=\"{tenant_ns}\"}} 2\n\
+         e2e_tenant_requests_total{{namespace=\"{tenant_ns}\",tenant=\"intruder\"}} 5\n\
+         e2e_tenant_requests_total{{namespace=\"victim\",tenant=\"victim\"}} 40\n\
+         # TYPE e2e_secret_info gauge\n\
+         e2e_secret_info{{namespace=\"victim\",secret=\"db-password\"}} 1\n"
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-prometheus").join(&ns);
+    let prom = Prometheus::start(exporter_of(series), dir);
+    let total = eventually("Prometheus has the series", || async {
+        prom.value("scalar(sum(e2e_tenant_requests_total) + sum(e2e_secret_info))")
+    })
+    .await;
+    assert_eq!(total, 48.0);
+    let url = prom.url();
+    let _op = operator::start_with(
+        &env,
+        &[&ns],
+        "operator",
+        &[
+            &format!("--prometheus-endpoint=safe={url}"),
+            &format!("--prometheus-endpoint=open={url}"),
+            "--prometheus-tenant-safe-endpoint=safe",
+        ],
+    );
+
+    let safe = |query: &str| json!({"endpointRef": "safe", "query": query});
+    for (name, source) in [
+        ("everything", safe(r#"sum(e2e_tenant_requests_total{namespace=~".+"})"#)),
+        ("any-name", safe(r#"sum({__name__=~"e2e_.*"})"#)),
+        (
+            "per-tenant",
+            json!({"endpointRef": "safe", "query": "e2e_tenant_requests_total", "tenantLabel": "tenant"}),
+        ),
+        ("open", json!({"endpointRef": "open", "query": "sum(e2e_tenant_requests_total)"})),
+        ("unparsable", safe("sum(e2e_tenant_requests_total")),
+    ] {
+        let mut m = prometheus_metric(&tenant_ns, &ns, name, source);
+        if name == "per-tenant" {
+            m["spec"]["tenancy"] = json!({});
+        }
+        create::<SecurityMetric>(&env, &m).await;
+    }
+    // The platform's own metric through the same endpoint: sent as written.
+    create::<SecurityMetric>(
+        &env,
+        &prometheus_metric(&ns, &ns, "platform", safe("scalar(sum(e2e_tenant_requests_total))")),
+    )
+    .await;
+
+    status_where(&env, &ns, "platform", "the platform sees everything", |s| s.value == Some(47.0)).await;
+    let s =
+        status_where(&env, &tenant_ns, "everything", "the tenant's sum", |s| !s.conditions.is_empty()).await;
+    assert_eq!(s.value, Some(7.0), "only the tenant's namespace: {s:?}");
+    // Any metric name: still only the tenant's series (not the victim's e2e_secret_info).
+    let s =
+        status_where(&env, &tenant_ns, "any-name", "the tenant's series", |s| !s.conditions.is_empty()).await;
+    assert_eq!(s.value, Some(7.0), "{s:?}");
+    let s =
+        status_where(&env, &tenant_ns, "per-tenant", "own tenant only", |s| !s.conditions.is_empty()).await;
+    let tenants: Vec<(&str, Option<f64>)> = s.tenants.iter().map(|t| (t.name.as_str(), t.value)).collect();
+    assert_eq!(tenants, [(tenant_ns.as_str(), Some(2.0))], "{s:?}");
+    assert_eq!((s.value, s.population), (Some(2.0), Some(1)), "the intruder's series is dropped");
+    let s = status_where(&env, &tenant_ns, "open", "refused", |s| !s.conditions.is_empty()).await;
+    let (status, reason, message) = condition(&s, "SourceAvailable");
+    assert_eq!((status, reason), ("False", "EndpointNotTenantSafe"), "{message}");
+    assert_eq!(
+        message,
+        "the Prometheus endpoint \"open\" is not marked tenant-safe by the platform, so metrics outside the platform namespaces may not query it (tenant-safe: safe); no query was sent"
+    );
+    assert_eq!(s.value, None);
+    let s = status_where(&env, &tenant_ns, "unparsable", "refused", |s| !s.conditions.is_empty()).await;
+    let (status, reason, message) = condition(&s, "SourceAvailable");
+    assert_eq!((status, reason), ("False", "QueryNotConfined"), "{message}");
+    assert!(message.contains("was not sent"), "{message}");
+}
+
+/// A TCP listener that accepts connections and never answers; counts them.
+fn black_hole() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, accepted)
+}
+
+/// A Prometheus that never answers delays only its own metric, for at most the platform's
+/// cap (not the 30s the metric asks), and the CRD refuses timeouts above 30s.
+#[tokio::test]
+async fn a_slow_prometheus_delays_only_its_own_metric_within_the_platform_cap() {
+    let Some(env) = crate::harness::setup("prom-slow").await else { return };
+    env.install_crds().await;
+    operator::install_chart_rbac(&env);
+    let ns = env.namespace.clone();
+
+    // The CRD's maximum.
+    let too_long = prometheus_metric(
+        &ns,
+        &ns,
+        "too-long",
+        json!({"address": "http://x:9090", "query": "up", "timeout": "31s"}),
+    );
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.admin.clone(),
+        &ns,
+        &kube::discovery::ApiResource::erase::<SecurityMetric>(&()),
+    );
+    match api.create(&Default::default(), &serde_json::from_value(too_long).unwrap()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(s.message.contains("source.prometheus.timeout may be at most 30s"), "{}", s.message);
+        }
+        other => panic!("a 31s timeout was accepted: {other:?}"),
+    }
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e-prometheus").join(&ns);
+    let prom = Prometheus::start(exporter(), dir);
+    eventually("Prometheus has the series", || async { prom.value("scalar(sum(e2e_requests_total))") }).await;
+    let _op = operator::start_with(&env, &[&ns], "operator", &["--prometheus-max-timeout=15s"]);
+
+    let (hole, accepted) = black_hole();
+    let slow = json!({"address": format!("http://{hole}"), "query": "up", "timeout": "30s"});
+    create::<SecurityMetric>(&env, &prometheus_metric(&ns, &ns, "slow", slow)).await;
+    eventually("the operator is waiting on the slow server", || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    // While the slow query hangs, another metric converges.
+    let fast = json!({"address": prom.url(), "query": "scalar(sum(e2e_requests_total))"});
+    create::<SecurityMetric>(&env, &prometheus_metric(&ns, &ns, "fast", fast)).await;
+    status_where(&env, &ns, "fast", "the fast metric converges", |s| s.value == Some(8.0)).await;
+    let slow_now: SecurityMetric = Api::namespaced(env.admin.clone(), &ns).get("slow").await.unwrap();
+    assert!(
+        slow_now.status.as_ref().is_none_or(|s| s.conditions.is_empty()),
+        "the slow query is still pending: {:?}",
+        slow_now.status
+    );
+    // The slow metric gives up at the platform's cap.
+    let s = status_where(&env, &ns, "slow", "the slow query timed out", |s| !s.conditions.is_empty()).await;
+    let (status, reason, message) = condition(&s, "SourceAvailable");
+    assert_eq!((status, reason), ("False", "PrometheusUnreachable"), "{message}");
+    assert!(message.ends_with("no answer within 15s"), "{message}");
 }
