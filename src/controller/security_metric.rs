@@ -72,6 +72,9 @@ struct Entry {
     compiled: Result<Arc<CompiledSource>, CompileError>,
     visibility: Visibility,
     object_ref: ObjectReference,
+    /// Evaluated alone, never in a group: after its group's evaluation panicked, until it
+    /// succeeds alone.
+    solo: bool,
     /// Per-object results of the last evaluation (Kubernetes sources).
     results: Option<Tally>,
     full: bool,
@@ -358,6 +361,7 @@ fn on_metric(entries: &mut HashMap<(String, String), Entry>, m: SecurityMetric, 
             spec: m.spec,
             compiled,
             visibility,
+            solo: false,
             results: None,
             full: true,
             changed: BTreeSet::new(),
@@ -457,14 +461,14 @@ fn submit_evaluations(
         if !matches!(readiness(observed, &k.kinds()), Readiness::Ready) {
             continue;
         }
-        if needs_full(e, now) {
+        if needs_full(e, now) && !e.solo {
             let at = *group_of.entry((k.kind.clone(), e.visibility.clone())).or_insert_with(|| {
                 jobs.push((Vec::new(), true));
                 jobs.len() - 1
             });
             jobs[at].0.push(key.clone());
         } else {
-            jobs.push((vec![key.clone()], false));
+            jobs.push((vec![key.clone()], needs_full(e, now)));
         }
     }
     let mut deferred = Vec::new();
@@ -543,8 +547,6 @@ fn evaluate_job(
 }
 
 /// A job's results back from the pool: each metric's tally kept and its status written.
-/// A panic is the outcome of every metric of its job; results for a metric deleted or
-/// changed meanwhile are dropped (the new spec is due already).
 async fn on_finished(
     client: &Client,
     recorder: &Recorder,
@@ -553,26 +555,56 @@ async fn on_finished(
     done: Done<Key, Vec<Evaluated>>,
     settings: &Settings,
 ) {
+    for (key, outcome, started, pending) in take_results(entries, submitted, done) {
+        if let Some(e) = entries.get_mut(&key) {
+            conclude(client, recorder, e, settings, outcome, started, pending).await;
+        }
+    }
+}
+
+/// Takes a finished job's results into the entries: per metric to write, its outcome, when
+/// its evaluation started, and whether objects changed while it ran (then it is re-evaluated
+/// after the debounce). Results for a metric deleted or changed meanwhile are dropped (the
+/// new spec is due already). A panicking group names no metric: its members are evaluated
+/// again at once, each alone and from then on, so that the panic is the outcome of only the
+/// metric that causes it; the others rejoin their group once they succeed alone.
+fn take_results(
+    entries: &mut HashMap<Key, Entry>,
+    submitted: &mut HashMap<Key, Submitted>,
+    done: Done<Key, Vec<Evaluated>>,
+) -> Vec<(Key, Outcome, Instant, bool)> {
     let Done { keys, result, ran } = done;
+    tracing::debug!(metrics = keys.len(), ran_ms = ran.as_millis() as u64, "evaluation job finished");
+    let group = keys.len() > 1;
     let mut evaluated: Vec<Option<Evaluated>> = match result {
         Ok(evaluated) => evaluated.into_iter().map(Some).collect(),
+        Err(panic) if group => {
+            warn!(metrics = ?keys, %panic, "a group evaluation panicked; evaluating its metrics one by one");
+            keys.iter().map(|_| None).collect()
+        }
         Err(panic) => {
-            warn!(metrics = ?keys, %panic, "evaluation panicked; reported on the metrics");
-            keys.iter()
-                .map(|_| Some(Evaluated { results: None, outcome: Outcome::Panicked(panic.clone()) }))
-                .collect()
+            warn!(metric = ?keys[0], %panic, "evaluation panicked; reported on the metric");
+            vec![Some(Evaluated { results: None, outcome: Outcome::Panicked(panic) })]
         }
     };
-    tracing::debug!(metrics = keys.len(), ran_ms = ran.as_millis() as u64, "evaluation job finished");
+    let mut out = Vec::new();
     for (key, evaluated) in keys.into_iter().zip(evaluated.iter_mut()) {
         let Some(Submitted { epoch, started }) = submitted.remove(&key) else { continue };
         let Some(e) = entries.get_mut(&key).filter(|e| e.epoch == epoch) else { continue };
-        let Evaluated { results, outcome } = evaluated.take().expect("one result per metric");
+        let Some(Evaluated { results, outcome }) = evaluated.take() else {
+            // Its group panicked: alone, now (its tally went with the job: a full evaluation).
+            e.solo = true;
+            e.due = Instant::now();
+            continue;
+        };
+        if !group && e.solo && !matches!(outcome, Outcome::Panicked(_)) {
+            e.solo = false;
+        }
         e.results = results;
-        // Objects changed while the job ran: re-evaluate them after the debounce.
         let pending = e.full || !e.changed.is_empty();
-        conclude(client, recorder, e, settings, outcome, started, pending).await;
+        out.push((key, outcome, started, pending));
     }
+    out
 }
 
 /// The first unavailable kind of a metric, or whether some kind is still syncing.
@@ -747,8 +779,6 @@ async fn publish_transition(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use serde_json::{Value, json};
 
     use super::*;
@@ -842,6 +872,138 @@ mod tests {
             expr.message
         );
         assert_eq!(s.state, MetricState::Unknown);
+    }
+
+    fn entry(name: &str) -> Entry {
+        Entry {
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            namespace: "t".into(),
+            generation: Some(1),
+            labels: BTreeMap::new(),
+            spec: spec(OWNED),
+            compiled: Ok(compiled(OWNED)),
+            visibility: Visibility::Namespace("t".into()),
+            object_ref: ObjectReference::default(),
+            solo: false,
+            results: None,
+            full: true,
+            changed: BTreeSet::new(),
+            due: Instant::now() + Duration::from_secs(60),
+            next_full: Instant::now(),
+            written: None,
+            written_at: None,
+        }
+    }
+
+    fn key(name: &str) -> Key {
+        ("t".into(), name.into())
+    }
+
+    /// Entries `names`, each submitted (as the loop does) in one job.
+    fn submitted(names: &[&str]) -> (HashMap<Key, Entry>, HashMap<Key, Submitted>) {
+        let entries: HashMap<Key, Entry> = names.iter().map(|n| (key(n), entry(n))).collect();
+        let submitted = entries
+            .iter()
+            .map(|(k, e)| (k.clone(), Submitted { epoch: e.epoch, started: Instant::now() }))
+            .collect();
+        (entries, submitted)
+    }
+
+    fn panicked(names: &[&str]) -> Done<Key, Vec<Evaluated>> {
+        Done { keys: names.iter().map(|n| key(n)).collect(), result: Err("boom".into()), ran: Duration::ZERO }
+    }
+
+    #[test]
+    fn a_panic_alone_is_that_metrics_outcome() {
+        let (mut entries, mut sub) = submitted(&["bad"]);
+        let out = take_results(&mut entries, &mut sub, panicked(&["bad"]));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, Outcome::Panicked("boom".into()));
+        assert!(entries[&key("bad")].results.is_none(), "the next evaluation is a full one");
+    }
+
+    #[test]
+    fn a_panicking_group_is_evaluated_again_one_by_one_and_rejoins_after_success() {
+        let (mut entries, mut sub) = submitted(&["a", "b"]);
+        let out = take_results(&mut entries, &mut sub, panicked(&["a", "b"]));
+        assert!(out.is_empty(), "no metric is blamed for its group's panic");
+        for n in ["a", "b"] {
+            let e = &entries[&key(n)];
+            assert!(e.solo && e.due <= Instant::now(), "{n} is due now, alone");
+        }
+        // The next round submits each alone; "a" succeeds, "b" panics again.
+        let (observed, settings) = (Observed::default(), settings());
+        ready(&observed);
+        let (mut pool, _rx) = EvaluationPool::new(1, 8);
+        let due = [key("a"), key("b")];
+        let deferred = submit_evaluations(&mut entries, &due, &observed, &settings, &mut pool, &mut sub);
+        assert!(deferred.is_empty());
+        assert!(pool.is_in_flight(&key("a")) && pool.is_in_flight(&key("b")));
+        let ok = Done {
+            keys: vec![key("a")],
+            result: Ok(vec![Evaluated { results: None, outcome: Outcome::TooExpensive("x".into()) }]),
+            ran: Duration::ZERO,
+        };
+        assert_eq!(take_results(&mut entries, &mut sub, ok).len(), 1);
+        assert!(!entries[&key("a")].solo, "a rejoins its group");
+        let out = take_results(&mut entries, &mut sub, panicked(&["b"]));
+        assert_eq!(out[0].1, Outcome::Panicked("boom".into()));
+        assert!(entries[&key("b")].solo, "b stays alone");
+    }
+
+    #[test]
+    fn a_result_for_a_replaced_or_deleted_metric_is_dropped() {
+        let (mut entries, mut sub) = submitted(&["changed", "deleted"]);
+        entries.insert(key("changed"), entry("changed"));
+        entries.remove(&key("deleted"));
+        let ok = |n: &str| Evaluated { results: None, outcome: Outcome::TooExpensive(n.into()) };
+        let done = Done {
+            keys: vec![key("changed"), key("deleted")],
+            result: Ok(vec![ok("changed"), ok("deleted")]),
+            ran: Duration::ZERO,
+        };
+        assert!(take_results(&mut entries, &mut sub, done).is_empty());
+        assert!(sub.is_empty());
+    }
+
+    #[test]
+    fn objects_changed_while_a_job_ran_make_it_due_again_soon() {
+        let (mut entries, mut sub) = submitted(&["m"]);
+        entries.get_mut(&key("m")).unwrap().full = false;
+        entries
+            .get_mut(&key("m"))
+            .unwrap()
+            .changed
+            .insert(ObjectKey { namespace: "t".into(), name: "p".into() });
+        let done = Done {
+            keys: vec![key("m")],
+            result: Ok(vec![Evaluated { results: None, outcome: Outcome::TooExpensive("x".into()) }]),
+            ran: Duration::ZERO,
+        };
+        let out = take_results(&mut entries, &mut sub, done);
+        assert!(out[0].3, "pending changes");
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            platform_namespaces: Vec::new(),
+            debounce: Duration::from_millis(200),
+            metric_selector: None,
+            evaluation_budget: Duration::from_secs(1),
+            leadership: Leadership::always(),
+            prometheus_endpoints: HashMap::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+            evaluation_workers: 1,
+        }
+    }
+
+    /// Pods and namespaces observed (synced).
+    fn ready(observed: &Observed) {
+        let mut kinds = observed.kinds.write().unwrap();
+        for k in [Kind::new("v1", "Pod"), crate::sources::kubernetes::namespace_kind()] {
+            kinds.insert(k, KindState::Synced);
+        }
     }
 
     /// Submits a hostile metric (stopped by its budget) and then a cheap one; returns how
