@@ -81,14 +81,18 @@ async fn hostile_tenant_metric_delays_only_itself() {
         owner_label_metric(&tenant, "hostile", json!({"source": {"kubernetes": {"passes": HOSTILE}}}));
     hostile["metadata"]["labels"]["e2e"] = json!(platform);
     create::<SecurityMetric>(&env, &hostile).await;
-    // The platform's metric: every pod of the cluster has an owner (Breached below 100).
+    // The platform's metric: every pod of the platform namespace has an owner (Breached below
+    // 100). Only its own namespace: pods of tests running alongside would change its value,
+    // and a write for a change shifts the heartbeat's phase.
     let interval = format!("{}s", INTERVAL.as_secs());
+    let own_namespace = json!({"matchLabels": {"kubernetes.io/metadata.name": platform}});
     create::<SecurityMetric>(
         &env,
         &owner_label_metric(
             &platform,
             "platform",
-            json!({"objective": {"warning": null}, "interval": interval}),
+            json!({"objective": {"warning": null}, "interval": interval,
+                   "source": {"kubernetes": {"namespaceSelector": own_namespace}}}),
         ),
     )
     .await;
