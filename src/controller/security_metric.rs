@@ -4,6 +4,12 @@
 //! (its generation), an observed object changing (debounced; only the changed objects are
 //! re-evaluated), and each metric's interval (a full re-evaluation). Status is written only
 //! when it changed, plus one heartbeat per interval that refreshes `lastEvaluated`.
+//!
+//! The task never runs CEL itself: it submits due Kubernetes metrics to the evaluation pool
+//! ([`super::pool`]) with a snapshot of the objects and keeps serving events while they run;
+//! results come back as another event. A metric is in at most one job at a time, so a slow
+//! or hostile metric occupies one worker for at most its budget (plus the object being
+//! evaluated when the budget runs out) and delays only itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
