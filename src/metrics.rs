@@ -96,6 +96,20 @@ pub static LEADER: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// `secmetrics_ready`: 1 once CRDs are served and caches synced.
 pub static READY: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 
+/// `secmetrics_evaluation_workers`: threads of the evaluation pool.
+pub static EVALUATION_WORKERS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// `secmetrics_evaluation_busy_workers`: evaluation threads running a job now.
+pub static EVALUATION_BUSY_WORKERS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// `secmetrics_evaluation_queue_depth`: evaluation jobs waiting for a worker.
+pub static EVALUATION_QUEUE_DEPTH: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// `secmetrics_evaluation_job_duration_seconds`: how long evaluation jobs ran (a job is one
+/// metric, or one group of metrics evaluated in one pass).
+pub static EVALUATION_JOB_DURATION: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(exponential_buckets(0.001, 4.0, 10)));
+/// `secmetrics_evaluation_panics_total`: evaluation jobs that panicked (each reported on its
+/// metric as EvaluationPanicked).
+pub static EVALUATION_PANICS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// Metrics with more tenants than this export no per-tenant series (cardinality bound);
 /// `--tenant-series-limit`, 0 turns per-tenant series off.
 pub static TENANT_SERIES_LIMIT: AtomicUsize = AtomicUsize::new(20);
@@ -141,6 +155,23 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         RECONCILE_ERRORS.clone(),
     );
     r.register("watch_errors", "Watch failures, each retried with backoff", WATCH_ERRORS.clone());
+    r.register("evaluation_workers", "Threads of the evaluation worker pool", EVALUATION_WORKERS.clone());
+    r.register(
+        "evaluation_busy_workers",
+        "Evaluation worker threads running a job",
+        EVALUATION_BUSY_WORKERS.clone(),
+    );
+    r.register(
+        "evaluation_queue_depth",
+        "Evaluation jobs waiting for a worker",
+        EVALUATION_QUEUE_DEPTH.clone(),
+    );
+    r.register(
+        "evaluation_job_duration_seconds",
+        "Run time of evaluation jobs (one metric, or one group of metrics evaluated in one pass)",
+        EVALUATION_JOB_DURATION.clone(),
+    );
+    r.register("evaluation_panics", "Evaluation jobs that panicked", EVALUATION_PANICS.clone());
     r.register("leader", "1 while this replica is the leader", LEADER.clone());
     r.register("ready", "1 once the CRDs are served and the caches synced", READY.clone());
     r

@@ -293,6 +293,8 @@ fn values_schema_rejects_bad_values() {
             "/rbac/extraObserve/0/resources/0",
         ),
         ("image.digest=latest", "/image/digest"),
+        ("evaluation.workers=-1", "/evaluation/workers"),
+        ("evaluation.budget=forever", "/evaluation/budget"),
     ];
     for (value, path) in bad {
         let Some(out) = template(&["--set", value]) else { return };
@@ -331,7 +333,13 @@ fn two_replicas_elect_a_leader_and_spread_by_default() {
     assert_eq!(pod["metadata"]["labels"], selector_labels());
     let c = &pod["spec"]["containers"][0];
     let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    for want in ["--leader-elect=true", "--leader-election-id=secmetrics", "--lease-duration=15s"] {
+    for want in [
+        "--leader-elect=true",
+        "--leader-election-id=secmetrics",
+        "--lease-duration=15s",
+        "--evaluation-workers=0",
+        "--evaluation-budget=30s",
+    ] {
         assert!(args.contains(&want), "{want} in {args:?}");
     }
     let env = |name: &str| {

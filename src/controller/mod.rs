@@ -1,6 +1,7 @@
 //! Controller wiring: client, CRD check, probes, and the metric controller.
 
 pub mod metric_policy;
+pub mod pool;
 pub mod security_metric;
 
 use std::sync::Arc;
@@ -37,6 +38,11 @@ pub struct RunArgs {
     /// metric reports ExpressionValid=False (CostLimitExceeded).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub evaluation_budget: Duration,
+    /// Threads that evaluate metrics' expressions, off the async runtime: a slow metric
+    /// occupies one of them for at most its budget while the others serve the rest.
+    /// 0: the available parallelism, at most 4.
+    #[arg(long, default_value_t = 0, env = "SECMETRICS_EVALUATION_WORKERS")]
+    pub evaluation_workers: usize,
     /// Manage only the SecurityMetrics and MetricPolicies matching this label selector
     /// (sharding, canaries).
     #[arg(long)]
@@ -181,6 +187,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         debounce: args.debounce,
         metric_selector: args.metric_selector.clone(),
         evaluation_budget: args.evaluation_budget,
+        evaluation_workers: args.evaluation_workers,
         leadership: leadership.clone(),
         ready: ready.clone(),
         prometheus_endpoints,

@@ -86,6 +86,8 @@ pub enum Outcome {
     Invalid(CompileError),
     /// The expressions were stopped by the evaluation time budget.
     TooExpensive(String),
+    /// The evaluation panicked (a bug): the panic's message. Only this metric is affected.
+    Panicked(String),
 }
 
 impl From<EvaluationError> for Outcome {
@@ -138,6 +140,15 @@ pub fn build_status(
             expr_ok = NewCondition::new(EXPRESSION_VALID, false, "CostLimitExceeded", message.clone());
             source_ok = NewCondition::new(SOURCE_AVAILABLE, true, "Observed", "the source was read");
             ready = NewCondition::new(READY, false, "CostLimitExceeded", message.clone());
+        }
+        Outcome::Panicked(panic) => {
+            let message = conditions::truncate(
+                format!("the evaluation panicked (a bug, please report it): {panic}"),
+                512,
+            );
+            expr_ok = NewCondition::new(EXPRESSION_VALID, false, "EvaluationPanicked", message.clone());
+            source_ok = NewCondition::new(SOURCE_AVAILABLE, true, "Observed", "the source was read");
+            ready = NewCondition::new(READY, false, "EvaluationPanicked", message);
         }
         Outcome::SourceUnavailable { reason, message } => {
             expr_ok = NewCondition::new(EXPRESSION_VALID, true, "Compiled", "all expressions compiled");
