@@ -492,3 +492,29 @@ fn a_namespace_only_where_evaluated_once_per_namespace_gives_the_same_tally() {
         assert_eq!(once, each, "{ns}");
     }
 }
+
+#[test]
+fn a_metric_on_any_spelling_of_v1_secrets_never_sees_their_data() {
+    let secret = |api_version: &str| {
+        json!({"apiVersion": api_version, "kind": "Secret", "metadata": {"name": "s", "namespace": "a1"},
+            "type": "Opaque", "data": {"password": "aHVudGVyMg=="}, "stringData": {"k": "v"}})
+    };
+    for spelling in ["/v1", "v1/", " v1", "core/v1", "V1", "v1"] {
+        // The dump spells it one way, the metric another: both are the one core kind.
+        let mut idx = index(vec![ns("a1", None)]);
+        idx.ensure_kind(&Kind::new(spelling, "Secret"));
+        idx.apply(&Kind::new("/v1", "Secret"), secret(spelling));
+        for passes in [
+            "has(object.data) || has(object.stringData)",
+            "lookup('/v1', 'Secret', 'a1', 's') != null && has(lookup('core/v1', 'Secret', 'a1', 's').data)",
+        ] {
+            let m = spec(
+                json!({"resource": {"apiVersion": spelling, "kind": "Secret"}, "passes": passes}),
+                json!({"operator": ">=", "target": 100}),
+                false,
+            );
+            let s = evaluate(&m, &idx, Visibility::Cluster);
+            assert_eq!((s.population, s.passing), (Some(1), Some(0)), "{spelling:?} {passes}: {s:?}");
+        }
+    }
+}
