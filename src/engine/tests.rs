@@ -518,3 +518,44 @@ fn a_metric_on_any_spelling_of_v1_secrets_never_sees_their_data() {
         }
     }
 }
+
+#[test]
+fn a_value_that_is_not_finite_is_unknown_and_not_ready() {
+    let ready = |s: &SecurityMetricStatus| s.conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();
+    // Sum overflows to ±inf (per-object non-finite values are already no value), and so does
+    // the Average of an overflowed sum.
+    for (aggregate, value, shown) in [
+        ("Sum", "1.7976931348623157e308", "inf"),
+        ("Sum", "-1.7976931348623157e308", "-inf"),
+        ("Average", "1.7976931348623157e308", "inf"),
+    ] {
+        let m = spec(
+            json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": aggregate, "value": value}),
+            json!({"operator": ">=", "target": 0}),
+            true,
+        );
+        let s = evaluate(&m, &cluster(), Visibility::Cluster);
+        let r = ready(&s);
+        assert_eq!((s.value, s.state), (None, MetricState::Unknown), "{aggregate} {value}: {s:?}");
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "NonFiniteValue"),
+            "{aggregate} {value}"
+        );
+        assert!(
+            r.message.contains(&format!("aggregate {aggregate} over"))
+                && r.message.contains(&format!("is {shown}, not a finite number")),
+            "{}",
+            r.message
+        );
+        assert!(s.tenants.iter().all(|t| t.value.is_none_or(f64::is_finite)), "{:?}", s.tenants);
+    }
+    // A finite value too large for four decimals keeps its value.
+    let m = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": "Max", "value": "1e305"}),
+        json!({"operator": ">=", "target": 0}),
+        false,
+    );
+    let s = evaluate(&m, &cluster(), Visibility::Cluster);
+    assert_eq!((s.value, s.state, ready(&s).status.as_str()), (Some(1e305), MetricState::Compliant, "True"));
+}
