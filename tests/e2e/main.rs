@@ -9,6 +9,7 @@ mod catalog;
 mod chart;
 mod control_plane;
 mod evidence;
+mod hostile;
 mod metric_policy;
 mod operations;
 mod operator;
