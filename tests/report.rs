@@ -380,3 +380,54 @@ fn html_renders_in_headless_chromium() {
     // A blank 1280x2400 page compresses to a few KiB; the rendered report is far larger.
     assert!(bytes.len() > 50_000, "screenshot is suspiciously small: {} bytes", bytes.len());
 }
+
+/// Extreme trend values (all of a metric's months and its target near -1e15 with a step below
+/// their resolution, at -1e300, across the whole f64 range) used to hang the HTML report in
+/// its axis-tick loop; it must finish promptly with a bounded chart.
+#[test]
+fn html_report_finishes_for_extreme_values() {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/report/metrics.yaml")).unwrap();
+    for (min, max) in [
+        ("-1.000000000000001e15", "-1e15"),
+        ("-1e300", "-1e300"),
+        ("-1.7976931348623157e308", "1.7976931348623157e308"),
+        ("-1e-323", "-5e-324"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.yaml");
+        // Every monthly bucket of the first metric, and its target, at the extreme values.
+        let start = text.find("      monthly:\n").unwrap() + "      monthly:\n".len();
+        let len: usize =
+            text[start..].lines().take_while(|l| l.starts_with("      - ")).map(|l| l.len() + 1).sum();
+        let bucket = format!(
+            "      - {{period: \"2026-06\", samples: 1, min: {min}, max: {max}, mean: {max}, last: {min}, observedSeconds: 60, timeInBreachSeconds: 0}}\n"
+        );
+        let patched = format!("{}{bucket}{}", &text[..start], &text[start + len..]);
+        let patched = patched.replacen("unit: Percent", "unit: Count", 1).replacen(
+            "target: 95, warning: 80",
+            &format!("target: {max}"),
+            1,
+        );
+        std::fs::write(&f, patched).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_secmetrics"))
+            .args(["report", "-f", f.to_str().unwrap(), "--format", "html"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("report --format html did not finish for {min}..{max}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let html = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            html.matches("class=\"tick\" text-anchor=\"end\"").count() < 100,
+            "{min}..{max}: too many ticks"
+        );
+    }
+}

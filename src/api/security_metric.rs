@@ -230,8 +230,14 @@ pub struct KubernetesSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRef {
-    /// e.g. `v1`, `apps/v1`, `networking.k8s.io/v1`.
-    #[schemars(length(min = 1, max = 253))]
+    /// e.g. `v1`, `apps/v1`, `networking.k8s.io/v1`, spelled as the API server spells it.
+    // The pattern is engine::objects::API_VERSION_PATTERN (a test holds them equal).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?/|(apps|batch|autoscaling|policy|extensions)/)?v[0-9]+((alpha|beta)[0-9]+)?$"
+        )
+    )]
     pub api_version: String,
     /// e.g. `Pod`, `NetworkPolicy`.
     #[schemars(length(min = 1, max = 63))]

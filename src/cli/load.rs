@@ -631,4 +631,24 @@ mod tests {
         .unwrap();
         assert_eq!(seen, vec![r#""v1" "Pod""#]);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Any text, read as YAML or as (streamed) JSON, is documents or a located error.
+        #[test]
+        fn any_text_loads_or_fails_with_a_located_message(
+            text in r#"[{}\[\]:,"a-z0-9 \n-]{0,80}|\{"(apiVersion|kind|items|a)": ("v1"|"List"|"PodList"|\[\{\}\]|\{"a": 1, "a": 2\}|1e999)(, "(apiVersion|kind|items|a)": ("v1"|"List"|\[\]|\[\{"kind": "Pod"\}\]|null)){0,4}\}"#
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            for name in ["in.yaml", "in.json"] {
+                let p = write(dir.path(), name, &text);
+                if let Err(e) = load(std::slice::from_ref(&p)) {
+                    proptest::prop_assert!(e.to_string().contains(name), "{e}");
+                }
+                if let Err(e) = visit(std::slice::from_ref(&p), |_| Ok(())) {
+                    proptest::prop_assert!(e.to_string().contains(name), "{e}");
+                }
+            }
+        }
+    }
 }

@@ -163,22 +163,27 @@ pub fn build_status(
                 "Observed",
                 format!("{} objects in the population", m.population),
             );
-            status.value = m.value.map(round);
+            // A value that is not a finite number (a Sum that overflowed, NaN from a `value`
+            // expression or a query) is no value: Unknown and not Ready, never compared.
+            let non_finite = m.value.filter(|v| !v.is_finite());
+            let value = m.value.filter(|v| v.is_finite());
+            status.value = value.map(round);
             status.population = Some(m.population as i64);
             status.passing = Some(m.passing as i64);
             status.evaluation_errors = (m.errors > 0).then_some(m.errors as i64);
             status.first_evaluation_error = m.first_error.clone().map(|e| conditions::truncate(e, 512));
-            status.state = state::state_of(&spec.objective, m.value);
+            status.state = state::state_of(&spec.objective, value);
             status.offenders = m.offenders.clone();
             status.offenders_total = Some(m.offenders_total as i64);
             if spec.tenancy.is_some() {
                 let mut tenants: Vec<TenantValue> = m
                     .tenants
                     .iter()
+                    .map(|(name, v)| (name, v.filter(|v| v.is_finite())))
                     .map(|(name, v)| TenantValue {
                         name: name.clone(),
                         value: v.map(round),
-                        state: state::state_of(&spec.objective, *v),
+                        state: state::state_of(&spec.objective, v),
                         anomalous: false,
                     })
                     .collect();
@@ -199,12 +204,25 @@ pub fn build_status(
                 tenants.truncate(MAX_TENANTS);
                 status.tenants = tenants;
             }
-            if let (Some(a), Some(v)) = (&spec.anomaly, m.value) {
+            if let (Some(a), Some(v)) = (&spec.anomaly, value) {
                 let before = previous.and_then(|p| p.baseline.as_ref());
                 status.anomalous = before.is_some_and(|b| anomaly::is_anomalous(a, b, v));
                 status.baseline = Some(anomaly::fold(a, before, v));
             }
             ready = match m.value {
+                Some(v) if non_finite.is_some() => NewCondition::new(
+                    READY,
+                    false,
+                    "NonFiniteValue",
+                    format!(
+                        "{} over {} objects is {v}, not a finite number (an overflow or an undefined value): no value is reported",
+                        spec.source.kubernetes.as_ref().map_or_else(
+                            || "the value".to_string(),
+                            |k| format!("aggregate {:?}", k.aggregate)
+                        ),
+                        m.population
+                    ),
+                ),
                 Some(v) => NewCondition::new(
                     READY,
                     true,
@@ -291,8 +309,10 @@ fn record_history(
 }
 
 /// Values are reported with at most 4 decimals so status does not churn on float noise.
+/// Four decimals; values too large for that are already whole (and must not overflow).
 fn round(v: f64) -> f64 {
-    (v * 10_000.0).round() / 10_000.0
+    let r = (v * 10_000.0).round() / 10_000.0;
+    if r.is_finite() { r } else { v }
 }
 
 /// Whether `new` differs from `old` in anything but the evaluation timestamp: only then is

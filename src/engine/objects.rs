@@ -16,15 +16,43 @@ pub struct Kind {
     pub kind: String,
 }
 
+/// The pattern of an apiVersion as the API server spells it: `version` for the core group, or
+/// `group/version` where the group has a dot or is one of the dotless built-in groups (CRD groups
+/// must have a dot). The CRD holds it for `resource.apiVersion`, so `/v1`, `v1/`, ` v1`,
+/// `core/v1` and `V1` are refused at admission and by `secmetrics evaluate`.
+pub const API_VERSION_PATTERN: &str = r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?/|(apps|batch|autoscaling|policy|extensions)/)?v[0-9]+((alpha|beta)[0-9]+)?$";
+
+/// The one spelling of an apiVersion that the engine, the watches and the metadata-only rule
+/// use: surrounding spaces and slashes dropped, lower case, and the core group as `v1` however
+/// it is written (`/v1`, `v1/`, ` v1`, `core/v1`, `V1`: each would otherwise be a kind of its own
+/// that discovery may still resolve to core Secrets, whose data would then be read).
+pub fn canonical_api_version(api_version: &str) -> String {
+    let t = api_version.trim().trim_matches('/').trim().to_ascii_lowercase();
+    match t.split_once('/') {
+        Some((group, version)) => {
+            let (group, version) = (group.trim(), version.trim().trim_matches('/').trim());
+            if group.is_empty() || group == "core" {
+                version.to_string()
+            } else {
+                format!("{group}/{version}")
+            }
+        }
+        None => t,
+    }
+}
+
 impl Kind {
-    /// `apiVersion` and `kind`.
-    pub fn new(api_version: impl Into<String>, kind: impl Into<String>) -> Self {
-        Kind { api_version: api_version.into(), kind: kind.into() }
+    /// `apiVersion` (in its canonical spelling, see [`canonical_api_version`]) and `kind`.
+    pub fn new(api_version: impl AsRef<str>, kind: impl Into<String>) -> Self {
+        Kind { api_version: canonical_api_version(api_version.as_ref()), kind: kind.into() }
     }
 
-    /// Kinds whose contents the operator never reads (SPEC §3): only metadata is kept.
+    /// Kinds whose contents the operator never reads (SPEC §3): only metadata is kept. Core
+    /// group (the apiVersion is canonical) and the kind in any case, erring on the side of
+    /// reading less.
     pub fn is_metadata_only(&self) -> bool {
-        self.api_version == "v1" && (self.kind == "Secret" || self.kind == "ConfigMap")
+        self.api_version == "v1"
+            && (self.kind.eq_ignore_ascii_case("Secret") || self.kind.eq_ignore_ascii_case("ConfigMap"))
     }
 }
 
@@ -241,5 +269,60 @@ mod tests {
         );
         assert_eq!(ns.tenant("secmetrics.io/tenant"), "team-a");
         assert_eq!(ns.tenant("other"), "team-a-dev");
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_core_group_is_v1_and_secrets_stay_metadata_only() {
+        for spelling in
+            ["v1", "/v1", "v1/", " v1", "v1 ", "core/v1", "Core/V1", "V1", "//v1", "/ v1", " core / v1 "]
+        {
+            assert_eq!(canonical_api_version(spelling), "v1", "{spelling:?}");
+            for kind in ["Secret", "ConfigMap", "secret", "CONFIGMAP"] {
+                assert!(Kind::new(spelling, kind).is_metadata_only(), "{spelling:?} {kind}");
+            }
+            let secret = json!({"apiVersion": spelling, "kind": "Secret", "metadata": {"name": "s"},
+                "data": {"password": "aHVudGVyMg=="}, "stringData": {"k": "v"}});
+            let pruned = prune(&Kind::new(spelling, "Secret"), secret);
+            assert!(pruned.get("data").is_none() && pruned.get("stringData").is_none(), "{pruned}");
+        }
+        assert_eq!(canonical_api_version("apps/v1"), "apps/v1");
+        assert_eq!(canonical_api_version(" Networking.K8s.io/v1/"), "networking.k8s.io/v1");
+        assert!(!Kind::new("apps/v1", "Secret").is_metadata_only());
+    }
+
+    #[test]
+    fn the_crd_holds_the_pattern() {
+        let crds = serde_json::to_string(&crate::api::crds()).unwrap();
+        let pattern = serde_json::to_string(API_VERSION_PATTERN).unwrap();
+        assert!(crds.contains(&format!("\"pattern\":{pattern}")));
+    }
+
+    #[test]
+    fn the_pattern_admits_only_canonical_spellings() {
+        let re = regex::Regex::new(API_VERSION_PATTERN).unwrap();
+        for ok in [
+            "v1",
+            "apps/v1",
+            "batch/v1",
+            "networking.k8s.io/v1",
+            "secmetrics.io/v1alpha1",
+            "example.com/v2beta3",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+            assert_eq!(canonical_api_version(ok), ok);
+        }
+        for bad in [
+            "/v1", "v1/", " v1", "v1 ", "core/v1", "V1", "apps/", "/", "", "v1/v1", "Apps/v1", "foo/v1",
+            "a..b/v1", "x.io/1",
+        ] {
+            assert!(!re.is_match(bad), "{bad:?}");
+        }
     }
 }

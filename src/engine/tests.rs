@@ -492,3 +492,70 @@ fn a_namespace_only_where_evaluated_once_per_namespace_gives_the_same_tally() {
         assert_eq!(once, each, "{ns}");
     }
 }
+
+#[test]
+fn a_metric_on_any_spelling_of_v1_secrets_never_sees_their_data() {
+    let secret = |api_version: &str| {
+        json!({"apiVersion": api_version, "kind": "Secret", "metadata": {"name": "s", "namespace": "a1"},
+            "type": "Opaque", "data": {"password": "aHVudGVyMg=="}, "stringData": {"k": "v"}})
+    };
+    for spelling in ["/v1", "v1/", " v1", "core/v1", "V1", "v1"] {
+        // The dump spells it one way, the metric another: both are the one core kind.
+        let mut idx = index(vec![ns("a1", None)]);
+        idx.ensure_kind(&Kind::new(spelling, "Secret"));
+        idx.apply(&Kind::new("/v1", "Secret"), secret(spelling));
+        for passes in [
+            "has(object.data) || has(object.stringData)",
+            "lookup('/v1', 'Secret', 'a1', 's') != null && has(lookup('core/v1', 'Secret', 'a1', 's').data)",
+        ] {
+            let m = spec(
+                json!({"resource": {"apiVersion": spelling, "kind": "Secret"}, "passes": passes}),
+                json!({"operator": ">=", "target": 100}),
+                false,
+            );
+            let s = evaluate(&m, &idx, Visibility::Cluster);
+            assert_eq!((s.population, s.passing), (Some(1), Some(0)), "{spelling:?} {passes}: {s:?}");
+        }
+    }
+}
+
+#[test]
+fn a_value_that_is_not_finite_is_unknown_and_not_ready() {
+    let ready = |s: &SecurityMetricStatus| s.conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();
+    // Sum overflows to ±inf (per-object non-finite values are already no value), and so does
+    // the Average of an overflowed sum.
+    for (aggregate, value, shown) in [
+        ("Sum", "1.7976931348623157e308", "inf"),
+        ("Sum", "-1.7976931348623157e308", "-inf"),
+        ("Average", "1.7976931348623157e308", "inf"),
+    ] {
+        let m = spec(
+            json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": aggregate, "value": value}),
+            json!({"operator": ">=", "target": 0}),
+            true,
+        );
+        let s = evaluate(&m, &cluster(), Visibility::Cluster);
+        let r = ready(&s);
+        assert_eq!((s.value, s.state), (None, MetricState::Unknown), "{aggregate} {value}: {s:?}");
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "NonFiniteValue"),
+            "{aggregate} {value}"
+        );
+        assert!(
+            r.message.contains(&format!("aggregate {aggregate} over"))
+                && r.message.contains(&format!("is {shown}, not a finite number")),
+            "{}",
+            r.message
+        );
+        assert!(s.tenants.iter().all(|t| t.value.is_none_or(f64::is_finite)), "{:?}", s.tenants);
+    }
+    // A finite value too large for four decimals keeps its value.
+    let m = spec(
+        json!({"resource": {"apiVersion": "v1", "kind": "Pod"}, "aggregate": "Max", "value": "1e305"}),
+        json!({"operator": ">=", "target": 0}),
+        false,
+    );
+    let s = evaluate(&m, &cluster(), Visibility::Cluster);
+    assert_eq!((s.value, s.state, ready(&s).status.as_str()), (Some(1e305), MetricState::Compliant, "True"));
+}

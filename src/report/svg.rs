@@ -31,20 +31,65 @@ fn nice_step(span: f64, ticks: f64) -> f64 {
     nice * mag
 }
 
-/// The value axis: from, to, step.
-fn axis(m: &MetricDetail) -> (f64, f64, f64) {
+/// At most this many intervals on the value axis, whatever the values.
+const MAX_TICKS: usize = 12;
+
+/// The value axis: its range and its tick values (at most [`MAX_TICKS`] + 1).
+#[derive(Debug, PartialEq)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+impl Axis {
+    /// Where `v` sits between `lo` (0) and `hi` (1); halves first, so that a range wider than
+    /// f64 allows (-1e308 to 1e308) still divides. A non-finite value sits at the bottom.
+    fn ratio(&self, v: f64) -> f64 {
+        let r = (v / 2.0 - self.lo / 2.0) / (self.hi / 2.0 - self.lo / 2.0);
+        if r.is_finite() { r } else { 0.0 }
+    }
+}
+
+fn axis(m: &MetricDetail) -> Axis {
     let mut values: Vec<f64> =
         m.monthly.iter().flat_map(|b| [b.min, b.max, b.mean, b.last]).flatten().collect();
     values.push(m.objective.target);
     values.extend(m.objective.warning);
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m.unit == "Percent" && lo >= 0.0 && hi <= 100.0 {
-        return (0.0, 100.0, 20.0);
+    axis_of(&values, m.unit == "Percent")
+}
+
+/// The axis over `values` (non-finite ones ignored) and 0: nice steps when they fit in
+/// [`MAX_TICKS`] intervals of finite values, else the range in five equal parts. Bounded for
+/// any input: huge, tiny, equal, NaN or infinite values.
+fn axis_of(values: &[f64], percent: bool) -> Axis {
+    let finite = || values.iter().copied().filter(|v| v.is_finite());
+    let lo = finite().fold(0.0, f64::min);
+    let hi = finite().fold(f64::NEG_INFINITY, f64::max);
+    if percent && lo >= 0.0 && hi <= 100.0 {
+        return Axis { lo: 0.0, hi: 100.0, ticks: (0..=5).map(|i| f64::from(i) * 20.0).collect() };
     }
-    let hi = if hi <= lo { lo + 1.0 } else { hi };
+    // lo <= 0: an empty or flat range becomes [lo, 0] or [0, 1].
+    let hi = if hi > lo {
+        hi
+    } else if lo < 0.0 {
+        0.0
+    } else {
+        1.0
+    };
     let step = nice_step(hi - lo, 5.0);
-    ((lo / step).floor() * step, (hi / step).ceil() * step, step)
+    let (from, to) = ((lo / step).floor() * step, (hi / step).ceil() * step);
+    let intervals = ((to - from) / step).round();
+    if [step, from, to, intervals].iter().all(|v| v.is_finite())
+        && step > 0.0
+        && (1.0..=MAX_TICKS as f64).contains(&intervals)
+    {
+        let ticks = (0..=intervals as usize).map(|i| from + step * i as f64).collect();
+        return Axis { lo: from, hi: to, ticks };
+    }
+    // Interpolated, never lo + i × step: that overflows for a range wider than f64::MAX.
+    let at = |t: f64| lo * (1.0 - t) + hi * t;
+    Axis { lo, hi, ticks: (0..=5).map(|i| at(f64::from(i) / 5.0)).collect() }
 }
 
 /// A line chart of a metric's monthly trend: mean (line and points), min–max range (bars),
@@ -57,10 +102,10 @@ pub fn monthly_chart(m: &MetricDetail) -> String {
 }
 
 fn chart(m: &MetricDetail, buckets: &[Bucket], o: &mut String) -> std::fmt::Result {
-    let (lo, hi, step) = axis(m);
+    let axis = axis(m);
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
-    let y = |v: f64| TOP + plot_h - (v - lo) / (hi - lo) * plot_h;
+    let y = |v: f64| TOP + plot_h - axis.ratio(v) * plot_h;
     let band = plot_w / buckets.len().max(1) as f64;
     let x = |i: usize| LEFT + band * (i as f64 + 0.5);
     let f = |v: f64| format!("{v:.1}");
@@ -99,8 +144,7 @@ fn chart(m: &MetricDetail, buckets: &[Bucket], o: &mut String) -> std::fmt::Resu
         lx += 40.0 + 7.0 * label.chars().count() as f64;
     }
     // Value axis with grid.
-    let mut v = lo;
-    while v <= hi + step * 1e-9 {
+    for &v in &axis.ticks {
         let yy = f(y(v));
         writeln!(
             o,
@@ -110,7 +154,6 @@ fn chart(m: &MetricDetail, buckets: &[Bucket], o: &mut String) -> std::fmt::Resu
             f(y(v) + 4.0),
             num(v)
         )?;
-        v += step;
     }
     writeln!(
         o,
@@ -215,5 +258,52 @@ mod tests {
         assert_eq!(nice_step(100.0, 5.0), 20.0);
         assert_eq!(nice_step(7.0, 5.0), 2.0);
         assert_eq!(nice_step(1200.0, 5.0), 250.0);
+    }
+
+    #[test]
+    fn axes_of_ordinary_values_are_nice() {
+        assert_eq!(axis_of(&[12.0, 95.0], true).ticks, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+        assert_eq!(axis_of(&[0.0, 1200.0], false).ticks, vec![0.0, 250.0, 500.0, 750.0, 1000.0, 1250.0]);
+        assert_eq!(axis_of(&[5.0, 5.0], false).ticks, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(axis_of(&[], false).ticks, vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+    }
+
+    #[test]
+    fn axes_of_extreme_values_are_bounded() {
+        for pair in [
+            [1e300, 1e300 + 1.0],
+            [f64::MAX, f64::MIN],
+            [f64::MAX, f64::MAX],
+            [f64::MIN, f64::MIN],
+            [1e15, 1e15 + 1e-3],
+            [f64::MIN_POSITIVE, 5e-324],
+            [f64::NAN, f64::INFINITY],
+            [f64::NEG_INFINITY, 1e308],
+            [-1e308, 1e308],
+        ] {
+            let a = axis_of(&pair, false);
+            assert!((2..=MAX_TICKS + 1).contains(&a.ticks.len()), "{pair:?}: {a:?}");
+            assert!(a.ticks.iter().all(|t| t.is_finite()) && a.lo < a.hi, "{pair:?}: {a:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+        #[test]
+        fn any_pair_of_values_gives_a_bounded_finite_axis(
+            a in proptest::num::f64::ANY,
+            b in proptest::num::f64::ANY,
+            percent in proptest::bool::ANY,
+        ) {
+            let started = std::time::Instant::now();
+            let axis = axis_of(&[a, b], percent);
+            proptest::prop_assert!(started.elapsed() < std::time::Duration::from_millis(50));
+            proptest::prop_assert!((2..=MAX_TICKS + 1).contains(&axis.ticks.len()), "{axis:?}");
+            proptest::prop_assert!(axis.ticks.iter().all(|t| t.is_finite()), "{axis:?}");
+            proptest::prop_assert!(axis.lo < axis.hi, "{axis:?}");
+            for v in [a, b] {
+                proptest::prop_assert!(axis.ratio(v).is_finite());
+            }
+        }
     }
 }

@@ -192,7 +192,10 @@ async fn watch_kind(
     let ar = resolve(&client, &kind, &observed, &changes).await;
     let config = watcher::Config::default().page_size(500);
     // Secrets and ConfigMaps: metadata only, their data never reaches this process.
-    let mut stream = if kind.is_metadata_only() {
+    // Decided on what discovery resolved too, not only on how the metric spelled the kind.
+    let resolved =
+        Kind::new(if ar.group.is_empty() { ar.version.clone() } else { ar.api_version.clone() }, &ar.kind);
+    let mut stream = if kind.is_metadata_only() || resolved.is_metadata_only() {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &ar);
         watcher(api, config).default_backoff().map(|ev| ev.map(to_json)).boxed()
     } else {

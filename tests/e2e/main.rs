@@ -9,6 +9,7 @@ mod catalog;
 mod chart;
 mod control_plane;
 mod evidence;
+mod hostile;
 mod isolation;
 mod metric_policy;
 mod operations;
