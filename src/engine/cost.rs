@@ -66,34 +66,26 @@ pub fn body_nodes(c: &cel::common::ast::ComprehensionExpr) -> u64 {
 }
 
 fn count_nodes(e: &IdedExpr) -> usize {
+    let entries = |entries: &[cel::common::ast::IdedEntryExpr]| -> usize {
+        entries
+            .iter()
+            .map(|e| match &e.expr {
+                EntryExpr::MapEntry(me) => count_nodes(&me.key) + count_nodes(&me.value),
+                EntryExpr::StructField(f) => count_nodes(&f.value),
+            })
+            .sum()
+    };
     1 + match &e.expr {
         Expr::Call(c) => {
             c.target.as_deref().map_or(0, count_nodes) + c.args.iter().map(count_nodes).sum::<usize>()
         }
         Expr::Select(s) => count_nodes(&s.operand),
         Expr::List(l) => l.elements.iter().map(count_nodes).sum(),
-        Expr::Map(m) => m
-            .entries
-            .iter()
-            .map(|e| match &e.expr {
-                EntryExpr::MapEntry(me) => count_nodes(&me.key) + count_nodes(&me.value),
-                EntryExpr::StructField(f) => count_nodes(&f.value),
-            })
-            .sum(),
-        Expr::Comprehension(c) => {
-            count_nodes(&c.iter_range)
-                + count_nodes(&c.accu_init)
-                + count_nodes(&c.loop_cond)
-                + count_nodes(&c.loop_step)
-                + count_nodes(&c.result)
-        }
-        Expr::Struct(s) => s
-            .entries
-            .iter()
-            .map(|e| match &e.expr {
-                EntryExpr::MapEntry(me) => count_nodes(&me.key) + count_nodes(&me.value),
-                EntryExpr::StructField(f) => count_nodes(&f.value),
-            })
+        Expr::Map(m) => entries(&m.entries),
+        Expr::Struct(s) => entries(&s.entries),
+        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .map(count_nodes)
             .sum(),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
     }
