@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
-use cel::common::types::{CelBool, CelBytes, CelInt, CelString};
+use cel::common::types::{CelBool, CelBytes, CelInt, CelList, CelString};
 use cel::common::value::{CowVal, Val};
 use cel::{ExecutionError, Value};
 
@@ -156,14 +156,31 @@ fn traverse<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     Ok(x)
 }
 
-/// `@sm.range(range, bodyNodes)`: charges a comprehension, returns its range.
+/// `@sm.range(range, bodyNodes)`: charges a comprehension, returns its range; a map's keys
+/// come as a sorted list, so that what a comprehension builds from a map (`map`, `filter`)
+/// does not depend on a hash order that changes from one process to the next (and matches
+/// the fast evaluator, which reads maps in key order).
 fn range<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let [range, nodes]: [CowVal<'b, 'v>; 2] =
         args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(2, a.len()))?;
     let nodes = nodes.downcast_ref::<CelInt>().map(|i| *i.inner()).unwrap_or(1).max(1) as u64;
     let len = range.as_sizer().map(|s| usize::try_from(*s.size().inner()).unwrap_or(0)).unwrap_or(0);
     charge("comprehension", range_cost(len, nodes))?;
-    Ok(range)
+    if range.get_type().kind() != cel::common::types::Kind::Map {
+        return Ok(range);
+    }
+    match Value::try_from(range.as_ref()) {
+        Ok(Value::Map(m)) => {
+            let mut keys: Vec<&cel::objects::Key> = m.map.keys().collect();
+            keys.sort();
+            let keys = keys
+                .into_iter()
+                .map(|k| Box::<dyn Val>::try_from(Value::from(k.clone())))
+                .collect::<Result<Vec<Box<dyn Val>>, ExecutionError>>()?;
+            Ok(CowVal::owned(CelList::from(keys)))
+        }
+        _ => Ok(range),
+    }
 }
 
 /// `@sm.add(a, b)`: `a + b`, refused before it builds a string or list over the limits.

@@ -796,4 +796,18 @@ mod tests {
         let err = eval("'a'.matches('(a{1000}){1000}')", json!({})).unwrap_err();
         assert!(err.message().contains("not a valid regex"), "{err}");
     }
+
+    #[test]
+    fn comprehensions_over_maps_iterate_in_key_order() {
+        // The interpreter's maps are hash maps: without a fixed order, what `map` builds from
+        // one would change from one process to the next (found by tests/fuzz_cel.rs).
+        let labels = json!({"metadata": {"labels": {"d": "1", "a": "2", "c": "3", "b": "4"}}});
+        for _ in 0..5 {
+            assert_eq!(
+                eval("object.metadata.labels.map(k, k) == ['a', 'b', 'c', 'd']", labels.clone()),
+                Ok(Value::Bool(true))
+            );
+            assert_eq!(eval("{'z': 1, 'y': 2}.filter(k, true)[0] == 'y'", json!({})), Ok(Value::Bool(true)));
+        }
+    }
 }
