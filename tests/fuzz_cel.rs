@@ -868,6 +868,120 @@ fn cel(depth: usize) -> S {
     weighted(vec![(3, p.bool.clone()), (2, p.num.clone()), (1, p.any.clone()), (1, p.str.clone())])
 }
 
+/// Well-typed expressions in (and at the edges of) the fast evaluator's subset: paths of the
+/// generated objects, literals of their types, predicates and macros over their lists and
+/// maps, so that both evaluators answer often and are compared on real values.
+fn fast_subset() -> S {
+    let path = one_of(&[
+        "object.spec.replicas",
+        "object.spec.ratio",
+        "object.spec.big",
+        "object.spec.neg",
+        "object.metadata.name",
+        "object.metadata.namespace",
+        "object.metadata.labels.app",
+        "object.spec.s",
+        "object.spec.flag",
+        "object.spec.containers[0].image",
+        "object.spec.containers[0].name",
+        "object.spec.tags[0]",
+        "object.spec.long[1]",
+        "namespaceObject.labels.team",
+        "tenant",
+        "object.spec.missing",
+        "object.spec['replicas']",
+        "object.metadata.labels['app']",
+        "object.spec.deep.a.a",
+    ]);
+    let lit = one_of(&[
+        "0",
+        "1",
+        "-1",
+        "3",
+        "1u",
+        "0.5",
+        "-0.0",
+        "2.0",
+        "'a'",
+        "''",
+        "'x'",
+        "'nginx:latest'",
+        "'kube-system'",
+        "true",
+        "false",
+        "null",
+        "9223372036854775807",
+        "18446744073709551615u",
+    ]);
+    let list = one_of(&[
+        "object.spec.containers",
+        "object.spec.tags",
+        "object.spec.long",
+        "object.spec.empty",
+        "object.spec.mixed",
+        "object.spec.containers[0].ports",
+        "[1, 2, 3]",
+        "['a', 'ü']",
+        "object.metadata.labels.map(k, k)",
+        "object.spec.containers.map(c, c.name)",
+    ]);
+    let map = one_of(&[
+        "object.metadata.labels",
+        "object.metadata.annotations",
+        "object.spec",
+        "namespaceObject.labels",
+        "object.spec.containers[0].resources.limits",
+        "object.spec.emptyMap",
+        "{'a': 1, 'b': 2}",
+    ]);
+    let cmp = one_of(&["==", "!=", "<", "<=", ">", ">="]);
+    let arith = one_of(&["+", "-", "*", "/", "%"]);
+    let value = weighted(vec![
+        (3, path.clone()),
+        (2, lit.clone()),
+        (1, t("{} {} {}", vec![path.clone(), arith.clone(), lit.clone()])),
+        (1, t("size({})", vec![list.clone()])),
+        (1, t("size({})", vec![map.clone()])),
+        (1, t("-{}", vec![path.clone()])),
+    ]);
+    let elem_pred = weighted(vec![
+        (2, t("x {} {}", vec![cmp.clone(), lit.clone()])),
+        (1, t("has(x.{})", vec![field()])),
+        (1, t("x.{}.{}({})", vec![field(), one_of(&["startsWith", "endsWith", "contains"]), lit.clone()])),
+        (1, t("x.{} {} {}", vec![field(), cmp.clone(), lit.clone()])),
+        (1, t("'{}' in x", vec![field()])),
+        (1, t("x in {}", vec![list.clone()])),
+    ]);
+    let leaf = weighted(vec![
+        (4, t("{} {} {}", vec![value.clone(), cmp.clone(), value.clone()])),
+        (1, t("has({}.{})", vec![map.clone(), field()])),
+        (1, t("'{}' in {}", vec![field(), map.clone()])),
+        (1, t("{} in {}", vec![value.clone(), list.clone()])),
+        (1, t("{}.{}({})", vec![path.clone(), one_of(&["startsWith", "endsWith", "contains"]), lit.clone()])),
+        (
+            2,
+            t(
+                "{}.{}(x, {})",
+                vec![list.clone(), one_of(&["all", "exists", "exists_one"]), elem_pred.clone()],
+            ),
+        ),
+        (1, t("{}.{}(x, {})", vec![map.clone(), one_of(&["all", "exists", "exists_one"]), elem_pred])),
+        (1, t("{}.filter(x, x {} {})", vec![list.clone(), cmp.clone(), lit.clone()])),
+        (1, t("{}.map(x, x)", vec![map])),
+        (1, t("{}.map(x, {})", vec![list, value.clone()])),
+        (1, value),
+    ]);
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        weighted(vec![
+            (2, t("{} && {}", vec![inner.clone().boxed(), inner.clone().boxed()])),
+            (2, t("{} || {}", vec![inner.clone().boxed(), inner.clone().boxed()])),
+            (1, t("!({})", vec![inner.clone().boxed()])),
+            (1, t("({} ? {} : {})", vec![inner.clone().boxed(), inner.clone().boxed(), inner.boxed()])),
+        ])
+    })
+    .boxed()
+}
+
 /// What a hostile tenant writes: deep nesting, long chains, huge literals, exponential
 /// strings, comprehensions over the largest lists.
 fn hostile() -> S {
@@ -1126,7 +1240,7 @@ fn fast_evaluator_agrees_with_the_interpreter() {
     check(
         concat!(module_path!(), "::fast_evaluator_agrees_with_the_interpreter"),
         *CASES,
-        (cel(2), objects()),
+        (prop_oneof![1 => cel(2), 2 => fast_subset()], objects()),
         |stats| {
             // Not vacuous: the fast evaluator answers a fair share of the cases.
             let (fast, cases) = (stats.fast.load(Ordering::Relaxed), stats.cases.load(Ordering::Relaxed));
@@ -1207,10 +1321,113 @@ fn regression(sources: &[&str]) {
     report_stats("regressions", started);
 }
 
-/// Findings that fail (not crash) on today's code, and everything that passes.
+/// Edge cases of the language that pass today: overflow, bounds, conversions, formats,
+/// optionals, lookups. Any future panic, slowness or disagreement on them fails here.
 #[test]
 fn regressions() {
-    regression(&["object.spec.replicas > 1"]);
+    regression(&[
+        "object.spec.replicas > 1",
+        "-9223372036854775808 / -1",
+        "-9223372036854775808 % -1",
+        "-(-9223372036854775808)",
+        "9223372036854775807 + 1",
+        "0u - 1u",
+        "1 / 0",
+        "1 % 0",
+        "1.0 / 0.0",
+        "int(1e300)",
+        "uint(-1)",
+        "int(double('NaN'))",
+        "duration('999999999999999h')",
+        "timestamp('9999-12-31T23:59:59Z') + duration('1s')",
+        "timestamp('0001-01-01T00:00:00Z') - duration('1s')",
+        "duration('-9223372036s') - duration('10s')",
+        "timestamp(9223372036854775807)",
+        "timestamp(-9223372036854775808)",
+        "now.getHours('+99:99')",
+        "now.getHours('America/New_York')",
+        "'abc'.substring(-1)",
+        "'abc'.substring(2, 1)",
+        "'abc'.charAt(-1)",
+        "'abc'.charAt(4)",
+        "'abc'.indexOf('', 99)",
+        "'abc'.lastIndexOf('c', -5)",
+        "'abc'.split('', -5)",
+        "'a,b'.split(',', 9223372036854775807)",
+        "'abc'.replace('', 'x', -1)",
+        "'abc'.replace('', 'x', 9223372036854775807)",
+        "'%d'.format([9223372036854775807])",
+        "'%x'.format([-1])",
+        "'%e'.format([1e308])",
+        "'%.3f'.format([double('inf')])",
+        "'%.100000000f'.format([1.0])",
+        "'%100000000s'.format(['a'])",
+        "'%s'.format([object])",
+        "'%s'.format([now])",
+        "strings.quote('\\u0000\\x7f\\U0010FFFF')",
+        "'\\U0010FFFF'.reverse()",
+        "'üü'.upperAscii()",
+        "[9223372036854775807, 1].sum()",
+        "[1e308, 1e308].sum()",
+        "object.?spec.?replicas.orValue(0)",
+        "object.spec[?'replicas']",
+        "[?optional.none(), 1]",
+        "dyn(object).spec.replicas",
+        "type(object) == map",
+        "lookup('v1', 'ConfigMap', 'ns', 'cm').data.k == 'v'",
+        "lookup('v1', 'ConfigMap', object.metadata.namespace, object.metadata.name)",
+        "{'a': 1, 'a': 2}",
+        "{[1]: 2}",
+        "{1.5: 2}",
+        "'a'.matches('a{1000}{1000}')",
+        "'a'.matches('(a+)+$')",
+        "object.spec.long.map(x, object.spec.long).size()",
+        "object.spec.long.all(x, object.spec.long.exists(y, x == y + 1))",
+        "object.spec.long.map(x, x).map(x, x).size()",
+        "1e99999",
+        "99999999999999999999999999999",
+    ]);
+}
+
+/// Exponential strings: each `replace('', 'aaaa')` multiplies the length by five, so a few
+/// dozen bytes of source ask for gigabytes (ten: 20 million characters, 10 s in debug;
+/// eleven: over the memory cap).
+#[test]
+#[ignore = "issue 12: memory (exponential string growth; aborts the binary)"]
+fn regression_exponential_strings() {
+    regression(&[&format!("'ab'{}.size() > 0", ".replace('', 'aaaa')".repeat(11))]);
+}
+
+/// Nested comprehensions over the largest list of an object (2000 items): millions of
+/// steps, each allocating (`map` accumulates by list concatenation).
+#[test]
+#[ignore = "issue 12: time (nested comprehensions over a large list; aborts the binary)"]
+fn regression_comprehension_cost() {
+    regression(&[
+        "object.spec.long.map(x, object.spec.long.map(y, x * y)).size()",
+        "object.spec.long.map(x, object.spec.long.map(y, [x, y])).size()",
+        "object.spec.long.exists_one(x, object.spec.long.exists_one(y, x != y))",
+        "object.spec.long.map(x, object.spec.long.map(y, string(y)).join(',')).size()",
+    ]);
+}
+
+/// A chain of `map`s, each quadratic in the list's length (the accumulator is copied on
+/// every step).
+#[test]
+#[ignore = "issue 12: time (quadratic map; aborts the binary)"]
+fn regression_quadratic_map() {
+    regression(&[
+        &format!("object.spec.long{}.size()", ".map(x, x)".repeat(20)),
+        &format!("object.spec.long{}.size()", ".filter(x, true)".repeat(20)),
+    ]);
+}
+
+/// Parsing a large source before any limit applies: a list literal of 30,000 items (120 KB)
+/// takes seconds to be rejected for its size.
+#[test]
+#[ignore = "issue 12: time (parse of a large source before the node limit; aborts the binary)"]
+fn regression_large_source() {
+    regression(&[&format!("[{}1].size()", "1, ".repeat(30_000))]);
 }
 
 /// Runs one case from the environment, to reproduce or classify a finding:
@@ -1258,4 +1475,25 @@ fn samples() {
         ));
     }
     let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
+}
+
+/// Iteration over a map: the fast evaluator goes in key order, the interpreter in its
+/// `HashMap`'s order, which changes from one process to the next (std's random hash seed).
+/// So `labels.map(k, k)[0]` or `labels.map(k, k).join(',')` answer differently depending on
+/// the evaluator and, through the interpreter, on the operator's restart: a metric's value is
+/// not a function of the cluster. Fails (does not crash) on today's code.
+#[test]
+#[ignore = "issue 12: disagreement (map iteration order: key order in the fast evaluator, random in the interpreter)"]
+fn regression_map_iteration_order() {
+    let labels: serde_json::Map<String, Json> = (0..12).map(|i| (format!("k{i:02}"), json!("v"))).collect();
+    let obj = json!({"metadata": {"labels": labels}});
+    for src in [
+        "object.metadata.labels.map(k, k)",
+        "object.metadata.labels.filter(k, k != 'k00')",
+        "object.metadata.labels.map(k, k)[0] == 'k00'",
+    ] {
+        if let Err(e) = run_case("regressions", src, std::slice::from_ref(&obj)) {
+            panic!("{e}");
+        }
+    }
 }
