@@ -259,10 +259,12 @@ impl Expression {
     /// Evaluates to a bool; any other type is an error naming the type. The fast evaluator
     /// answers when it can; otherwise (errors included) the interpreter does.
     pub fn eval_bool(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<bool, EvalError> {
-        if let Some(op) = &self.fast
-            && let Ok(b) = fast::eval_bool(op, &inputs.env)
-        {
-            return Ok(b);
+        if let Some(op) = &self.fast {
+            match fast::answer_bool(op, &inputs.env) {
+                fast::Answer::Value(b) => return Ok(b),
+                fast::Answer::OverCost => return Err(EvalError::CostLimitExceeded { field: self.field }),
+                fast::Answer::Bail => {}
+            }
         }
         match self.interpret(root, inputs)? {
             Value::Bool(b) => Ok(b),
@@ -275,10 +277,11 @@ impl Expression {
     /// Evaluates to a number (int, uint or double).
     pub fn eval_number(&self, root: &Context<'_, '_>, inputs: &Inputs<'_>) -> Result<f64, EvalError> {
         if let Some(op) = &self.fast {
-            match fast::eval(op, &inputs.env) {
-                Ok(fast::V::Int(i)) => return Ok(i as f64),
-                Ok(fast::V::UInt(u)) => return Ok(u as f64),
-                Ok(fast::V::Double(f)) if f.is_finite() => return Ok(f),
+            match fast::answer(op, &inputs.env) {
+                fast::Answer::Value(fast::V::Int(i)) => return Ok(i as f64),
+                fast::Answer::Value(fast::V::UInt(u)) => return Ok(u as f64),
+                fast::Answer::Value(fast::V::Double(f)) if f.is_finite() => return Ok(f),
+                fast::Answer::OverCost => return Err(EvalError::CostLimitExceeded { field: self.field }),
                 _ => {}
             }
         }
@@ -771,6 +774,13 @@ mod tests {
         let e = Expression::compile("passes", nested).unwrap();
         assert_eq!(
             e.eval_bool(&root_context(), &inputs),
+            Err(EvalError::CostLimitExceeded { field: "passes" })
+        );
+        // The fast evaluator stops there on its own; the interpreter, charging the same
+        // model, agrees.
+        assert!(matches!(fast::answer_bool(e.fast.as_ref().unwrap(), &inputs.env), fast::Answer::OverCost));
+        assert_eq!(
+            e.interpret(&root_context(), &inputs),
             Err(EvalError::CostLimitExceeded { field: "passes" })
         );
         // Errors absorbed by `||` do not hide the overrun.

@@ -457,16 +457,57 @@ pub struct Env<'a> {
     pub lookup: &'a dyn Lookup,
 }
 
+/// What the fast evaluator concluded.
+#[derive(Debug)]
+pub enum Answer<T> {
+    Value(T),
+    /// Over the cost limit. The interpreter charges the same model along the same path (and
+    /// the fast evaluator stops at the first error), so it would stop too: no need to ask it.
+    OverCost,
+    /// Outside the subset or an error: the interpreter decides.
+    Bail,
+}
+
+impl<T> Answer<T> {
+    fn of(result: Result<T, Bail>, cost: u64) -> Self {
+        match result {
+            Ok(v) => Answer::Value(v),
+            Err(Bail) if cost > super::cost::COST_LIMIT => Answer::OverCost,
+            Err(Bail) => Answer::Bail,
+        }
+    }
+}
+
 /// Evaluates `op`.
-pub fn eval<'a>(op: &'a Op, env: &Env<'a>) -> Result<V<'a>, Bail> {
+pub fn answer<'a>(op: &'a Op, env: &Env<'a>) -> Answer<V<'a>> {
     let mut locals: [V<'a>; SLOTS] = Default::default();
-    Eval { env, locals: &mut locals, cost: 0 }.op(op)
+    let mut eval = Eval { env, locals: &mut locals, cost: 0 };
+    let result = eval.op(op);
+    Answer::of(result, eval.cost)
+}
+
+/// [`answer`] for a predicate: a value only for a boolean answer.
+pub fn answer_bool<'a>(op: &'a Op, env: &Env<'a>) -> Answer<bool> {
+    let mut locals: [V<'a>; SLOTS] = Default::default();
+    let mut eval = Eval { env, locals: &mut locals, cost: 0 };
+    let result = eval.bool(op);
+    Answer::of(result, eval.cost)
+}
+
+/// Evaluates `op`: Err when [`answer`] has no value.
+pub fn eval<'a>(op: &'a Op, env: &Env<'a>) -> Result<V<'a>, Bail> {
+    match answer(op, env) {
+        Answer::Value(v) => Ok(v),
+        Answer::OverCost | Answer::Bail => Err(Bail),
+    }
 }
 
 /// [`eval`] for a predicate: Ok only for a boolean answer.
 pub fn eval_bool<'a>(op: &'a Op, env: &Env<'a>) -> Result<bool, Bail> {
-    let mut locals: [V<'a>; SLOTS] = Default::default();
-    Eval { env, locals: &mut locals, cost: 0 }.bool(op)
+    match answer_bool(op, env) {
+        Answer::Value(b) => Ok(b),
+        Answer::OverCost | Answer::Bail => Err(Bail),
+    }
 }
 
 struct Eval<'e, 'a> {
