@@ -50,6 +50,8 @@ pub enum Decision {
 const DECISION_TTL: Duration = Duration::from_secs(60);
 /// Most answers remembered (tokens are few: one per Prometheus replica).
 const MAX_DECISIONS: usize = 256;
+/// Most connections served at once.
+const MAX_CONNECTIONS: usize = 64;
 /// Largest request head read (a service account token is about 1 KiB).
 const MAX_REQUEST: usize = 16 << 10;
 
@@ -160,11 +162,25 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
 /// Serves probes and metrics on `listener` until the process ends. `ready` flips once the
 /// CRDs are served and the caches have synced.
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, access: MetricsAccess) {
+    // Connections served at once: slow or idle clients wait in the kernel's backlog instead
+    // of holding file descriptors (and a client that reaches the port can hold one for at
+    // most the 5 s a request head may take).
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                warn!(error = %e, "accepting a probe or metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let ready = ready.clone();
         let access = access.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(head) = read_head(&mut conn).await else { return };
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let text = "text/plain";

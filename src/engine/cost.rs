@@ -91,6 +91,46 @@ fn count_nodes(e: &IdedExpr) -> usize {
     }
 }
 
+/// Cost of comparing an interpreter value in depth (`==`, `!=`, `in`): strings by their
+/// bytes, every element and entry of lists and maps at every level. Stops counting past the
+/// limit (the charge fails there anyway).
+fn deep_traversal(v: &dyn Val) -> u64 {
+    fn walk(v: &dyn Val, total: &mut u64) {
+        if *total > COST_LIMIT {
+            return;
+        }
+        if v.as_sizer().is_none()
+            || v.downcast_ref::<CelString>().is_some()
+            || v.downcast_ref::<CelBytes>().is_some()
+        {
+            *total += traversal(v);
+            return;
+        }
+        let Some(items) = v.as_iterable() else { return };
+        let is_map = v.get_type().kind() == cel::common::types::Kind::Map;
+        let mut iter = items.iter();
+        while let Some(item) = iter.next() {
+            *total += 1;
+            if is_map {
+                *total += traversal(item);
+                if let Some(indexer) = v.as_indexer()
+                    && let Ok(value) = indexer.get(item)
+                {
+                    walk(value.as_ref(), total);
+                }
+            } else {
+                walk(item, total);
+            }
+            if *total > COST_LIMIT {
+                return;
+            }
+        }
+    }
+    let mut total = 0;
+    walk(v, &mut total);
+    total
+}
+
 /// Cost of reading an interpreter value (see the module documentation).
 fn traversal(v: &dyn Val) -> u64 {
     if let Some(s) = v.downcast_ref::<CelString>() {
@@ -153,6 +193,14 @@ fn traverse<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let [x]: [CowVal<'b, 'v>; 1] =
         args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(1, a.len()))?;
     charge("cost", traversal(x.as_ref()))?;
+    Ok(x)
+}
+
+/// `@sm.deep(x)`: charges the comparison of `x` in depth, returns it.
+fn deep<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let [x]: [CowVal<'b, 'v>; 1] =
+        args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(1, a.len()))?;
+    charge("cost", deep_traversal(x.as_ref()))?;
     Ok(x)
 }
 
@@ -309,6 +357,65 @@ fn deep_size(v: &dyn Val) -> usize {
     Value::try_from(v).map(|v| size(&v)).unwrap_or(MAX_STRING_BYTES)
 }
 
+/// `@sm.indexOf(s, sub[, offset])` and `@sm.lastIndexOf(...)`: the strings extension's
+/// functions (code-point indexes, the same offset rules), charged for their search: every
+/// position of `s` compared with `sub`, up to `len(s) x len(sub)` characters.
+fn index_of<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    search(args, "indexOf", false)
+}
+
+fn last_index_of<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    search(args, "lastIndexOf", true)
+}
+
+fn search<'b, 'v>(args: Args<'b, 'v>, f: &str, last: bool) -> Ret<'b, 'v> {
+    if !(2..=3).contains(&args.len()) {
+        return Err(ExecutionError::invalid_argument_count(2, args.len()));
+    }
+    let s = string_arg(f, args[0].as_ref())?;
+    let sub = string_arg(f, args[1].as_ref())?;
+    let offset = match args.get(2) {
+        None => None,
+        Some(o) => Some(
+            *o.downcast_ref::<CelInt>()
+                .ok_or_else(|| ExecutionError::function_error(f, "expected an int offset"))?
+                .inner(),
+        ),
+    };
+    let runes: Vec<char> = s.chars().collect();
+    let needle: Vec<char> = sub.chars().collect();
+    let positions = (runes.len() + 1).saturating_sub(needle.len()).max(1);
+    charge(f, string_cost(s.len()) + string_cost(positions.saturating_mul(needle.len())))?;
+    let out_of_range = |i: i64| ExecutionError::function_error(f, format!("index out of range: {i}"));
+    let found = match offset {
+        None if last => rfind_runes(&runes, &needle, runes.len()),
+        None => find_runes(&runes, &needle, 0),
+        Some(o) if o < 0 => return Err(out_of_range(o)),
+        Some(o) if needle.is_empty() => return Ok(CowVal::owned(CelInt::from(o.min(runes.len() as i64)))),
+        Some(o) if o >= runes.len() as i64 => return Err(out_of_range(o)),
+        Some(o) if last => rfind_runes(&runes, &needle, o as usize),
+        Some(o) => find_runes(&runes, &needle, o as usize),
+    };
+    Ok(CowVal::owned(CelInt::from(found.map_or(-1, |i| i as i64))))
+}
+
+/// The code-point index of the first occurrence of `needle` at or after `offset`.
+fn find_runes(runes: &[char], needle: &[char], offset: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(offset);
+    }
+    runes[offset..].windows(needle.len()).position(|w| w == needle).map(|i| i + offset)
+}
+
+/// The code-point index of the last occurrence of `needle` starting at or before `offset`.
+fn rfind_runes(runes: &[char], needle: &[char], offset: usize) -> Option<usize> {
+    if needle.len() > runes.len() {
+        return None;
+    }
+    let last = offset.min(runes.len() - needle.len());
+    (0..=last).rev().find(|&i| runes[i..i + needle.len()] == *needle)
+}
+
 /// `@sm.splittable(s)`: the target of `split`, refused when it could produce more than
 /// [`MAX_LIST_ITEMS`] parts.
 fn splittable<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
@@ -332,7 +439,17 @@ fn matches<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
         args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(2, a.len()))?;
     let text = string_arg(F, s.as_ref())?;
     let pattern = string_arg(F, re.as_ref())?;
-    charge(F, string_cost(text.len()) + string_cost(pattern.len()))?;
+    // Compiling is charged on every call (the cache must not make the cost depend on what
+    // ran before), matching by text x weight: a pattern's states are what the matcher may
+    // track at each position of the text.
+    let weight = regex_weight(pattern);
+    charge(
+        F,
+        string_cost(text.len())
+            + string_cost(pattern.len())
+            + weight
+            + (text.len() as u64).saturating_mul(weight) / 100,
+    )?;
     let found = REGEXES.with(|cache| {
         let mut cache = cache.borrow_mut();
         if !cache.contains_key(pattern) {
@@ -354,10 +471,40 @@ fn matches<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     Ok(CowVal::owned(CelBool::from(found)))
 }
 
+/// The size of a regular expression with its repetitions expanded (`[ab]{8000}` weighs
+/// 8,000, `^[a-z0-9-]+$` a handful); an unparsable pattern weighs its length (compiling it
+/// fails anyway).
+pub fn regex_weight(pattern: &str) -> u64 {
+    use regex_syntax::hir::{Hir, HirKind};
+    fn weight(h: &Hir) -> u64 {
+        match h.kind() {
+            HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => 1,
+            HirKind::Literal(l) => l.0.len() as u64,
+            HirKind::Repetition(r) => {
+                let times = u64::from(r.max.unwrap_or(r.min).max(r.min)) + 1;
+                weight(&r.sub).saturating_mul(times)
+            }
+            HirKind::Capture(c) => weight(&c.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => {
+                hs.iter().map(weight).fold(0, u64::saturating_add)
+            }
+        }
+    }
+    match regex_syntax::ParserBuilder::new().nest_limit(64).build().parse(pattern) {
+        Ok(hir) => weight(&hir).max(1),
+        Err(_) => pattern.len() as u64,
+    }
+}
+
 /// Declares the `@sm.*` functions in `env`.
 pub fn declare(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
     use cel::common::types::{DYN_TYPE, INT_TYPE, LIST_TYPE, STRING_TYPE};
     env.add_overload(TRAVERSE, "sm_traverse", vec![DYN_TYPE], traverse)?;
+    env.add_overload(DEEP, "sm_deep", vec![DYN_TYPE], deep)?;
+    env.add_overload(INDEX_OF, "sm_index_of2", vec![DYN_TYPE, DYN_TYPE], index_of)?;
+    env.add_overload(INDEX_OF, "sm_index_of3", vec![DYN_TYPE, DYN_TYPE, DYN_TYPE], index_of)?;
+    env.add_overload(LAST_INDEX_OF, "sm_last_index_of2", vec![DYN_TYPE, DYN_TYPE], last_index_of)?;
+    env.add_overload(LAST_INDEX_OF, "sm_last_index_of3", vec![DYN_TYPE, DYN_TYPE, DYN_TYPE], last_index_of)?;
     env.add_overload(RANGE, "sm_range", vec![DYN_TYPE, INT_TYPE], range)?;
     env.add_overload(ADD, "sm_add", vec![DYN_TYPE, DYN_TYPE], add)?;
     env.add_overload(REPLACE, "sm_replace3", vec![DYN_TYPE, DYN_TYPE, DYN_TYPE], replace)?;
@@ -371,6 +518,9 @@ pub fn declare(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
 }
 
 const TRAVERSE: &str = "@sm.t";
+const DEEP: &str = "@sm.deep";
+const INDEX_OF: &str = "@sm.indexOf";
+const LAST_INDEX_OF: &str = "@sm.lastIndexOf";
 const RANGE: &str = "@sm.range";
 const ADD: &str = "@sm.add";
 const REPLACE: &str = "@sm.replace";
@@ -425,6 +575,30 @@ pub fn instrument(e: &IdedExpr) -> IdedExpr {
                 ("join", Some(l), 0 | 1) => call(JOIN, std::iter::once(l).chain(args).collect()),
                 ("matches", Some(s), 1) => call(MATCHES, std::iter::once(s).chain(args).collect()),
                 ("matches", None, 2) => call(MATCHES, args),
+                ("indexOf", Some(s), 1 | 2) => call(INDEX_OF, std::iter::once(s).chain(args).collect()),
+                ("lastIndexOf", Some(s), 1 | 2) => {
+                    call(LAST_INDEX_OF, std::iter::once(s).chain(args).collect())
+                }
+                // Equality and membership compare in depth; a looked-up object is copied.
+                (operators::EQUALS | operators::NOT_EQUALS | operators::IN, None, 2) => IdedExpr {
+                    id: e.id,
+                    expr: Expr::Call(cel::common::ast::CallExpr {
+                        func_name: c.func_name.clone(),
+                        target: None,
+                        args: args.into_iter().map(|a| call(DEEP, vec![a])).collect(),
+                    }),
+                },
+                ("lookup", None, 4) => call(
+                    DEEP,
+                    vec![IdedExpr {
+                        id: e.id,
+                        expr: Expr::Call(cel::common::ast::CallExpr {
+                            func_name: c.func_name.clone(),
+                            target: None,
+                            args: args.into_iter().map(t).collect(),
+                        }),
+                    }],
+                ),
                 ("format", Some(s), 1) => IdedExpr {
                     id: e.id,
                     expr: Expr::Call(cel::common::ast::CallExpr {

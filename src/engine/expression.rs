@@ -803,7 +803,11 @@ mod tests {
         );
         let err = eval("'a'.matches('(')", json!({})).unwrap_err();
         assert!(err.message().contains("not a valid regex"), "{err}");
+        // A million states: refused by its weight before it is compiled.
         let err = eval("'a'.matches('(a{1000}){1000}')", json!({})).unwrap_err();
+        assert!(matches!(err, EvalError::CostLimitExceeded { .. }), "{err}");
+        // Light but over the compiled-size limit: refused by the compiler.
+        let err = eval("'a'.matches('\\\\w{500}')", json!({})).unwrap_err();
         assert!(err.message().contains("not a valid regex"), "{err}");
     }
 
@@ -819,5 +823,43 @@ mod tests {
             );
             assert_eq!(eval("{'z': 1, 'y': 2}.filter(k, true)[0] == 'y'", json!({})), Ok(Value::Bool(true)));
         }
+    }
+
+    /// Operations whose work grows faster than their operands' sizes are charged for that
+    /// work (found by a hostile review: each of these took 10 s to minutes in a release build
+    /// while charged a fraction of the limit).
+    #[test]
+    fn superlinear_work_is_charged_for_what_it_does() {
+        let started = std::time::Instant::now();
+        let over = |src: &str, object: serde_json::Value| {
+            let err = eval(src, object).unwrap_err();
+            assert!(matches!(err, EvalError::CostLimitExceeded { .. }), "{src}: {err}");
+        };
+        // indexOf / lastIndexOf compare every position with the needle.
+        let haystack = json!({"s": "a".repeat(200_000), "t": format!("{}b", "a".repeat(20_000))});
+        over("object.s.indexOf(object.t) == -1", haystack.clone());
+        over("object.s.lastIndexOf(object.t) == -1", haystack);
+        assert_eq!(
+            eval("'abcabc'.indexOf('c', 3) == 5 && 'abcabc'.lastIndexOf('a') == 3", json!({})),
+            Ok(Value::Bool(true))
+        );
+        assert!(eval("'abc'.indexOf('a', 7) == 0", json!({})).is_err(), "offset out of range");
+        // A regular expression is charged by its weight (repetitions expanded) on every call,
+        // and its matching by text x weight.
+        over("object.s.matches('[ab]*a[ab]{8000}c')", json!({"s": "ab".repeat(80_000)}));
+        let items: Vec<i64> = (0..200).collect();
+        over("object.items.all(i, !'a'.matches('[a-z]{10000}' + string(i)))", json!({"items": items}));
+        assert_eq!(
+            eval("'registry.example.com/app'.matches('^[a-z0-9.-]+/[a-z]+$')", json!({})),
+            Ok(Value::Bool(true))
+        );
+        // Equality and membership compare in depth.
+        let env: Vec<serde_json::Value> =
+            (0..5000).map(|i| json!({"name": format!("E{i}"), "value": "v"})).collect();
+        let twins = json!({"items": items, "a": {"env": env.clone()}, "b": {"env": env}});
+        over("object.items.all(i, object.a == object.b)", twins.clone());
+        over("object.items.all(i, object.a in [object.b])", twins);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        assert_eq!(super::cost::regex_weight("[ab]{8000}"), 8001);
     }
 }

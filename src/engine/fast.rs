@@ -529,6 +529,52 @@ fn traversal(v: &V<'_>) -> u64 {
     }
 }
 
+/// What comparing `v` in depth costs (`==`, `!=`, `in`; see [`super::cost`]): strings by
+/// their bytes, every element and entry at every level. Stops counting past the limit.
+fn deep_traversal(v: &V<'_>) -> u64 {
+    const LIMIT: u64 = super::cost::COST_LIMIT;
+    fn items(items: &[Node], total: &mut u64) {
+        for i in items {
+            *total += 1;
+            node(i, total);
+            if *total > LIMIT {
+                return;
+            }
+        }
+    }
+    fn entries(entries: &[(Key, Node)], total: &mut u64) {
+        for (k, v) in entries {
+            *total += 1 + super::cost::string_cost(k.len());
+            node(v, total);
+            if *total > LIMIT {
+                return;
+            }
+        }
+    }
+    fn node(n: &Node, total: &mut u64) {
+        match n {
+            Node::List(l) => items(l, total),
+            Node::Map(m) => entries(m, total),
+            other => *total += traversal(&V::from(other)),
+        }
+    }
+    let mut total = 0;
+    match v {
+        V::List(l) => items(l, &mut total),
+        V::Map(m) => entries(m, &mut total),
+        V::Values(vs) => {
+            for v in vs.iter() {
+                total += 1 + deep_traversal(v);
+                if total > LIMIT {
+                    break;
+                }
+            }
+        }
+        other => total = traversal(other),
+    }
+    total
+}
+
 fn len(v: &V<'_>) -> Option<usize> {
     match v {
         V::List(l) => Some(l.len()),
@@ -560,7 +606,11 @@ impl<'a> Eval<'_, 'a> {
             Op::Cmp(cmp, l, r) => {
                 let l = self.op(l)?;
                 let r = self.op(r)?;
-                self.charge(traversal(&l) + traversal(&r))?;
+                // As the interpreter: equality compares in depth, ordering only scalars.
+                self.charge(match cmp {
+                    CmpOp::Eq | CmpOp::Ne => deep_traversal(&l) + deep_traversal(&r),
+                    _ => traversal(&l) + traversal(&r),
+                })?;
                 Ok(match cmp {
                     CmpOp::Eq => equal(&l, &r)?,
                     CmpOp::Ne => !equal(&l, &r)?,
@@ -661,12 +711,12 @@ impl<'a> Eval<'_, 'a> {
             Op::In(item, container) => {
                 let item = self.op(item)?;
                 let container = self.op(container)?;
-                self.charge(traversal(&item) + traversal(&container))?;
+                self.charge(deep_traversal(&item) + deep_traversal(&container))?;
                 V::Bool(contains(&item, container)?)
             }
             Op::InLiteral(key, container) => {
                 let container = self.op(container)?;
-                self.charge(super::cost::string_cost(key.key.len()) + traversal(&container))?;
+                self.charge(super::cost::string_cost(key.key.len()) + deep_traversal(&container))?;
                 V::Bool(match container {
                     V::Map(m) => key.find(m).is_some(),
                     other => contains(&V::Str(&key.key), other)?,
@@ -716,7 +766,10 @@ impl<'a> Eval<'_, 'a> {
                 let [api, kind, ns, name] = &**args;
                 let (api, kind, ns, name) = (self.str(api)?, self.str(kind)?, self.str(ns)?, self.str(name)?);
                 self.charge([api, kind, ns, name].iter().map(|s| super::cost::string_cost(s.len())).sum())?;
-                self.env.lookup.lookup(api, kind, ns, name).map(V::from).unwrap_or(V::Null)
+                // The interpreter copies the object it finds: charged in depth, as there.
+                let found = self.env.lookup.lookup(api, kind, ns, name).map(V::from).unwrap_or(V::Null);
+                self.charge(deep_traversal(&found))?;
+                found
             }
             Op::Comprehension(c) => self.comprehension(c)?,
             Op::Unsupported => return Err(Bail),
