@@ -39,7 +39,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::HashMap;
+
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value as Json, json};
 
 use secmetrics::engine::expression::{Expression, Inputs, root_context, timestamp_val};
-use secmetrics::engine::fast::{self, V};
+use secmetrics::engine::fast;
 use secmetrics::engine::lookup::{LookupScope, with_scope};
 use secmetrics::engine::node::Node;
 use secmetrics::engine::{Kind, ObjectIndex, ObjectKey};
@@ -307,7 +307,7 @@ fn evaluate_on(
         let as_bool = expr.eval_bool(&root, &inputs);
         let as_number = expr.eval_number(&root, &inputs);
         let fast =
-            op.map(|op| (fast::eval(op, &inputs.env).map(|v| to_cel(&v)), fast::eval_bool(op, &inputs.env)));
+            op.map(|op| (fast::eval(op, &inputs.env).map(|v| v.to_cel()), fast::eval_bool(op, &inputs.env)));
         (reference, as_bool, as_number, fast)
     });
     let peak = stop_measuring(base);
@@ -350,38 +350,6 @@ fn evaluate_on(
         }
     }
     Ok((fast_answered, peak))
-}
-
-/// The fast evaluator's value as the interpreter's (None: not representable).
-fn to_cel(v: &V<'_>) -> Option<Value> {
-    fn node(n: &Node) -> Value {
-        match n {
-            Node::Null => Value::Null,
-            Node::Bool(b) => Value::Bool(*b),
-            Node::Int(i) => Value::Int(*i),
-            Node::UInt(u) => Value::UInt(*u),
-            Node::Double(d) => Value::Float(*d),
-            Node::Str(_) | Node::Short(..) => {
-                Value::String(n.as_str().unwrap_or_default().to_string().into())
-            }
-            Node::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
-            Node::Map(m) => map(m),
-        }
-    }
-    fn map(m: &[(secmetrics::engine::node::Key, Node)]) -> Value {
-        Value::Map(m.iter().map(|(k, v)| (k.to_string(), node(v))).collect::<HashMap<_, _>>().into())
-    }
-    Some(match v {
-        V::Null => Value::Null,
-        V::Bool(b) => Value::Bool(*b),
-        V::Int(i) => Value::Int(*i),
-        V::UInt(u) => Value::UInt(*u),
-        V::Double(d) => Value::Float(*d),
-        V::Str(s) => Value::String(s.to_string().into()),
-        V::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
-        V::Values(l) => Value::List(l.iter().map(to_cel).collect::<Option<Vec<_>>>()?.into()),
-        V::Map(m) => map(m),
-    })
 }
 
 /// Equality of results: doubles by bits (NaN is NaN, -0.0 is not 0.0), containers deeply.

@@ -419,6 +419,46 @@ pub enum V<'a> {
     Values(Rc<Vec<V<'a>>>),
 }
 
+impl V<'_> {
+    /// The same value as the interpreter's (differential tests); None when not representable.
+    pub fn to_cel(&self) -> Option<cel::Value> {
+        use cel::Value;
+        fn node(n: &Node) -> Value {
+            match n {
+                Node::Null => Value::Null,
+                Node::Bool(b) => Value::Bool(*b),
+                Node::Int(i) => Value::Int(*i),
+                Node::UInt(u) => Value::UInt(*u),
+                Node::Double(d) => Value::Float(*d),
+                Node::Str(_) | Node::Short(..) => {
+                    Value::String(n.as_str().unwrap_or_default().to_string().into())
+                }
+                Node::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
+                Node::Map(m) => map(m),
+            }
+        }
+        fn map(m: &[(Key, Node)]) -> Value {
+            Value::Map(
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), node(v)))
+                    .collect::<std::collections::HashMap<_, _>>()
+                    .into(),
+            )
+        }
+        Some(match self {
+            V::Null => Value::Null,
+            V::Bool(b) => Value::Bool(*b),
+            V::Int(i) => Value::Int(*i),
+            V::UInt(u) => Value::UInt(*u),
+            V::Double(d) => Value::Float(*d),
+            V::Str(s) => Value::String(s.to_string().into()),
+            V::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
+            V::Values(l) => Value::List(l.iter().map(V::to_cel).collect::<Option<Vec<_>>>()?.into()),
+            V::Map(m) => map(m),
+        })
+    }
+}
+
 impl<'a> From<&'a Node> for V<'a> {
     fn from(n: &'a Node) -> Self {
         match n {
@@ -1059,34 +1099,6 @@ mod tests {
         "'a' + 'b' == 'ab'",
     ];
 
-    fn to_cel(v: &V<'_>) -> Option<Value> {
-        fn node(n: &Node) -> Value {
-            match n {
-                Node::Null => Value::Null,
-                Node::Bool(b) => Value::Bool(*b),
-                Node::Int(i) => Value::Int(*i),
-                Node::UInt(u) => Value::UInt(*u),
-                Node::Double(d) => Value::Float(*d),
-                Node::Str(_) | Node::Short(..) => {
-                    Value::String(n.as_str().unwrap_or_default().to_string().into())
-                }
-                Node::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
-                Node::Map(_) => Value::Null,
-            }
-        }
-        Some(match v {
-            V::Null => Value::Null,
-            V::Bool(b) => Value::Bool(*b),
-            V::Int(i) => Value::Int(*i),
-            V::UInt(u) => Value::UInt(*u),
-            V::Double(d) => Value::Float(*d),
-            V::Str(s) => Value::String(s.to_string().into()),
-            V::List(l) => Value::List(l.iter().map(node).collect::<Vec<_>>().into()),
-            V::Values(l) => Value::List(l.iter().map(to_cel).collect::<Option<Vec<_>>>()?.into()),
-            V::Map(_) => return None,
-        })
-    }
-
     /// Whenever the fast evaluator answers, the interpreter gives the same answer.
     #[test]
     fn fast_evaluator_agrees_with_the_interpreter() {
@@ -1108,7 +1120,7 @@ mod tests {
                 let Some(op) = &op else { continue };
                 if let Ok(v) = eval(op, &inputs.env) {
                     answered += 1;
-                    let fast = to_cel(&v).expect("comparable");
+                    let fast = v.to_cel().expect("comparable");
                     assert_eq!(Ok(fast), reference, "{src} on {obj}");
                 }
                 // The predicate entry answers exactly when the value is a boolean, the same one.
