@@ -69,6 +69,8 @@ pub enum Error {
     Read(#[source] kube::Error),
     #[error("resolving targets: {0}")]
     Targets(#[source] kube::Error),
+    #[error("the reconcile did not finish within {0:?}; retrying")]
+    Timeout(Duration),
 }
 
 /// Runs the policy controller until its watches end.
@@ -123,13 +125,21 @@ struct Done {
 
 /// How soon a follower looks again (it takes over within a lease duration).
 const FOLLOWER_RECHECK: Duration = Duration::from_secs(2);
+/// Longest one policy reconcile may take (webhook deliveries included: each is bounded by
+/// its own timeout and retries, well under this).
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn reconcile(p: Arc<MetricPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if !ctx.settings.leadership.is_leader() {
         return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
     let started = std::time::Instant::now();
-    let result = reconcile_as_leader(p, ctx).await;
+    // Bounded: a request that never answers must not hold this policy (or, in the
+    // controller's queue, the others) forever. Stopping mid-way is what a crash does, which
+    // the reconcile is built to survive (status is its memory).
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_as_leader(p, ctx))
+        .await
+        .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
     metrics::observe_reconcile("metricpolicy", started.elapsed().as_secs_f64(), result.is_err());
     result
 }
