@@ -204,16 +204,23 @@ fn deep<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     Ok(x)
 }
 
-/// `@sm.range(range, bodyNodes)`: charges a comprehension, returns its range; a map's keys
-/// come as a sorted list, so that what a comprehension builds from a map (`map`, `filter`)
-/// does not depend on a hash order that changes from one process to the next (and matches
-/// the fast evaluator, which reads maps in key order).
+/// `@sm.range(range, bodyNodes)`: charges a comprehension, returns its range.
 fn range<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let [range, nodes]: [CowVal<'b, 'v>; 2] =
         args.try_into().map_err(|a: Vec<_>| ExecutionError::invalid_argument_count(2, a.len()))?;
     let nodes = nodes.downcast_ref::<CelInt>().map(|i| *i.inner()).unwrap_or(1).max(1) as u64;
     let len = range.as_sizer().map(|s| usize::try_from(*s.size().inner()).unwrap_or(0)).unwrap_or(0);
     charge("comprehension", range_cost(len, nodes))?;
+    Ok(range)
+}
+
+/// `@sm.keys(range, bodyNodes)`: [`range`] for a one-variable comprehension, whose map range
+/// iterates its keys: those come as a sorted list, so that what a comprehension builds from a
+/// map (`map`, `filter`) does not depend on a hash order that changes from one process to the
+/// next (and matches the fast evaluator, which reads maps in key order). A two-variable
+/// comprehension (key and value) keeps its map.
+fn keys<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let range = self::range(args)?;
     if range.get_type().kind() != cel::common::types::Kind::Map {
         return Ok(range);
     }
@@ -506,6 +513,7 @@ pub fn declare(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
     env.add_overload(LAST_INDEX_OF, "sm_last_index_of2", vec![DYN_TYPE, DYN_TYPE], last_index_of)?;
     env.add_overload(LAST_INDEX_OF, "sm_last_index_of3", vec![DYN_TYPE, DYN_TYPE, DYN_TYPE], last_index_of)?;
     env.add_overload(RANGE, "sm_range", vec![DYN_TYPE, INT_TYPE], range)?;
+    env.add_overload(KEYS, "sm_keys", vec![DYN_TYPE, INT_TYPE], keys)?;
     env.add_overload(ADD, "sm_add", vec![DYN_TYPE, DYN_TYPE], add)?;
     env.add_overload(REPLACE, "sm_replace3", vec![DYN_TYPE, DYN_TYPE, DYN_TYPE], replace)?;
     env.add_overload(REPLACE, "sm_replace4", vec![DYN_TYPE, DYN_TYPE, DYN_TYPE, DYN_TYPE], replace)?;
@@ -522,6 +530,7 @@ const DEEP: &str = "@sm.deep";
 const INDEX_OF: &str = "@sm.indexOf";
 const LAST_INDEX_OF: &str = "@sm.lastIndexOf";
 const RANGE: &str = "@sm.range";
+const KEYS: &str = "@sm.keys";
 const ADD: &str = "@sm.add";
 const REPLACE: &str = "@sm.replace";
 const JOIN: &str = "@sm.join";
@@ -676,7 +685,10 @@ pub fn instrument(e: &IdedExpr) -> IdedExpr {
             IdedExpr {
                 id: e.id,
                 expr: Expr::Comprehension(Box::new(cel::common::ast::ComprehensionExpr {
-                    iter_range: call(RANGE, vec![instrument(&c.iter_range), nodes]),
+                    iter_range: call(
+                        if c.iter_var2.is_none() { KEYS } else { RANGE },
+                        vec![instrument(&c.iter_range), nodes],
+                    ),
                     iter_var: c.iter_var.clone(),
                     iter_var2: c.iter_var2.clone(),
                     accu_var: c.accu_var.clone(),
